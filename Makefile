@@ -1,0 +1,79 @@
+# Every target sets up what it needs from the repository's own files.
+# `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAGE  ?= dev
+MODEL_DIR ?= build/model
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+
+REQS := requirements.txt requirements-dev.txt lambda_src/requirements.txt model_export/requirements.txt
+
+.PHONY: help install demo serve test lint format model synth templates image-check bench cost events deploy diff destroy clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: $(REQS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules from the pinned files
+
+demo: install ## Run the local end-to-end demo (no AWS account needed)
+	$(PY) -m local_mode.demo
+
+serve: install ## Keep the local endpoint up (Ctrl-C to stop)
+	$(PY) -m local_mode.serve
+
+test: install ## Run every test
+	$(VENV)/bin/pytest
+
+lint: install ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+model: install ## Export the model to build/model (WEIGHTS=imagenet|random|PATH, QUANTIZE=none|int8)
+	$(PY) -m model_export --weights $(or $(WEIGHTS),auto) --quantize $(or $(QUANTIZE),none) --out $(MODEL_DIR)
+
+synth: install ## Synthesize every stage into cdk.out and cfn-lint the templates
+	npx cdk synth --quiet
+	$(VENV)/bin/cfn-lint cdk.out/*.template.json
+
+templates: install ## Refresh the reviewed templates under templates/
+	$(PY) -m stacks.snapshot --write
+
+image-check: install ## Prove the Lambda image builds: wheels for x86_64+arm64, hadolint
+	$(PY) -m scripts.image_check
+
+bench: install ## Benchmarks: tables, bench/results/*.json and a plot
+	$(PY) -m bench
+
+cost: install ## Monthly cost model: on-demand vs provisioned concurrency
+	$(PY) -m bench.cost
+
+deploy: install ## Deploy STAGE (dev|prod) to the current AWS account
+	npx cdk deploy -c stage=$(STAGE) --outputs-file cdk-outputs-$(STAGE).json
+
+diff: install ## Show what a deploy of STAGE would change
+	npx cdk diff -c stage=$(STAGE)
+
+destroy: install ## Delete STAGE's stack (see README for what stays behind)
+	npx cdk destroy -c stage=$(STAGE)
+
+clean: ## Remove build output (keeps .venv and node_modules)
+	rm -rf build cdk.out .pytest_cache .ruff_cache .mypy_cache
