@@ -1,0 +1,234 @@
+"""The HTTP contract: parse an API Gateway REST proxy event, format JSON responses.
+
+Pure functions over the event dict and numpy arrays; no AWS calls, no model. docs/openapi.yaml
+describes exactly this.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from errors import ApiError
+
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+JSON_TYPE = "application/json"
+# Lambda refuses synchronous invocations above 6 MB, and API Gateway's REST proxy event carries
+# a binary body base64-encoded (x4/3), so ~4.5 MB of image bytes is the practical ceiling; this
+# bound also protects the function when another front door (local mode) sends more.
+MAX_BODY_BYTES = 6 * 1024 * 1024
+# One batched inference must finish well inside API Gateway's 29 s integration timeout on the
+# smallest supported memory size; 8 images of the payload ceiling fit both limits.
+MAX_BATCH = 8
+DEFAULT_TOP_K = 5
+ROUTES: dict[str, tuple[str, ...]] = {"/predict": ("POST",), "/health": ("GET",)}
+_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_JSON_FIELDS = {"image", "images", "top_k"}
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    images: list[bytes]
+    batch: bool  # True when the client sent {"images": [...]}; shapes the response
+    top_k: int | None  # None -> DEFAULT_TOP_K, clamped to the model's classes by the caller
+
+
+def header(event: dict[str, Any], name: str) -> str | None:
+    """Case-insensitive header lookup (HTTP header names are case-insensitive; clients vary)."""
+    wanted = name.lower()
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == wanted:
+            return value
+    for key, values in (event.get("multiValueHeaders") or {}).items():
+        if key.lower() == wanted and values:
+            return values[0]
+    return None
+
+
+def query_param(event: dict[str, Any], name: str) -> str | None:
+    value = (event.get("queryStringParameters") or {}).get(name)
+    if value is None:
+        values = (event.get("multiValueQueryStringParameters") or {}).get(name) or []
+        value = values[0] if values else None
+    return value
+
+
+def route(event: dict[str, Any]) -> str:
+    """The route name for the event, or an ApiError 404/405."""
+    path = (event.get("path") or "/").rstrip("/") or "/"
+    method = (event.get("httpMethod") or "").upper()
+    allowed = ROUTES.get(path)
+    if allowed is None:
+        raise ApiError(404, "not_found", f"No route {path}. Routes: POST /predict, GET /health.")
+    if method not in allowed:
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"{method or 'This method'} is not allowed on {path}; use {', '.join(allowed)}.",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return path
+
+
+def media_type(event: dict[str, Any]) -> str:
+    value = header(event, "content-type") or ""
+    return value.split(";", 1)[0].strip().lower()
+
+
+def body_bytes(event: dict[str, Any]) -> bytes:
+    body = event.get("body")
+    if body is None or body == "":
+        return b""
+    if len(body) > MAX_BODY_BYTES * 4 // 3 + 4:
+        raise _payload_too_large()
+    if event.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError(400, "invalid_base64", "The request body is not valid base64.") from exc
+    else:
+        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    if len(data) > MAX_BODY_BYTES:
+        raise _payload_too_large()
+    return data
+
+
+def _payload_too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+
+
+def parse_top_k(value: Any, source: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, "invalid_top_k", f"top_k ({source}) must be an integer.")
+    if value < 1:
+        raise ApiError(400, "invalid_top_k", f"top_k ({source}) must be at least 1.")
+    return value
+
+
+def _b64_image(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "invalid_request", f"{where} must be a non-empty base64 string.")
+    value = _DATA_URL.sub("", value, count=1)
+    if len(value) > MAX_BODY_BYTES * 4 // 3 + 4:
+        raise _payload_too_large()
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "invalid_base64", f"{where} is not valid base64.") from exc
+
+
+def parse_predict(event: dict[str, Any]) -> PredictRequest:
+    """POST /predict event -> images and options; raises ApiError 400/413/415."""
+    query_top_k = query_param(event, "top_k")
+    top_k = parse_top_k(query_top_k, "query parameter") if query_top_k is not None else None
+    kind = media_type(event)
+
+    if kind in RAW_IMAGE_TYPES:
+        data = body_bytes(event)
+        if not data:
+            raise ApiError(400, "invalid_request", "The request body is empty.")
+        return PredictRequest(images=[data], batch=False, top_k=top_k)
+
+    if kind != JSON_TYPE:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {kind or '(none)'} is not supported; send "
+            f"{', '.join(RAW_IMAGE_TYPES)} or {JSON_TYPE}.",
+        )
+
+    raw = body_bytes(event)
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_request", "The JSON body must be an object.")
+    unknown = sorted(set(payload) - _JSON_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"Unknown field(s): {', '.join(unknown)}; allowed: image, images, top_k.",
+        )
+    if "top_k" in payload:
+        body_top_k = parse_top_k(payload["top_k"], "JSON field")
+        if top_k is not None and body_top_k != top_k:
+            raise ApiError(
+                400,
+                "invalid_top_k",
+                "top_k is given as a query parameter and a JSON field with different values.",
+            )
+        top_k = body_top_k
+
+    if ("image" in payload) == ("images" in payload):
+        raise ApiError(
+            400, "invalid_request", 'Send exactly one of "image" (base64) or "images" (list).'
+        )
+    if "image" in payload:
+        return PredictRequest(
+            images=[_b64_image(payload["image"], "image")], batch=False, top_k=top_k
+        )
+    items = payload["images"]
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "invalid_request", '"images" must be a non-empty list.')
+    if len(items) > MAX_BATCH:
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"{len(items)} images sent; the maximum per request is {MAX_BATCH}.",
+        )
+    images = [_b64_image(item, f"images[{i}]") for i, item in enumerate(items)]
+    return PredictRequest(images=images, batch=True, top_k=top_k)
+
+
+def resolve_top_k(top_k: int | None, num_classes: int) -> int:
+    if top_k is None:
+        return min(DEFAULT_TOP_K, num_classes)
+    if top_k > num_classes:
+        raise ApiError(
+            400,
+            "invalid_top_k",
+            f"top_k must be between 1 and {num_classes} (the model's classes).",
+        )
+    return top_k
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_predictions(logits: np.ndarray, labels: list[str], top_k: int) -> list[dict[str, Any]]:
+    """One image's logits -> top_k {label, index, probability}, most probable first."""
+    probs = softmax(logits)
+    # Stable sort on the negated probabilities: ties keep the lower class index first.
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return [{"label": labels[i], "index": int(i), "probability": float(probs[i])} for i in order]
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **(headers or {})},
+        "body": json.dumps(body, separators=(",", ":")),
+        "isBase64Encoded": False,
+    }
+
+
+def error_response(error: ApiError) -> dict[str, Any]:
+    return json_response(
+        error.status, {"error": {"code": error.code, "message": error.message}}, error.headers
+    )
