@@ -19,7 +19,7 @@ from typing import Any, Literal
 import onnx
 
 from . import onnx_export, verify
-from .errors import ExportError
+from .errors import ExportError, WeightsUnavailable
 from .photos import photographs
 from .preprocess import PREPROCESSING, image_files, preprocess
 from .weights import (
@@ -71,11 +71,11 @@ def load_weights(weights: str | Path, labels: list[str] | None, seed: int, log: 
         return imagenet_model(labels)
     try:
         return imagenet_model(labels)
-    except ExportError as exc:
+    except WeightsUnavailable as exc:
         loaded = random_model(seed, labels)
         fallback = (
-            f"--weights auto: ImageNet weights are unavailable ({exc}); exporting the "
-            f"UNTRAINED random model (seed {seed}) instead"
+            f"--weights auto: the ImageNet weights could not be fetched ({exc.reason}); "
+            f"exported the UNTRAINED random model (seed {seed}) instead"
         )
         log(f"warning: {fallback}")
         return LoadedModel(

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .errors import ExportError
+from .errors import ExportError, WeightsUnavailable
 
 MODEL_NAME = "resnet18"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
@@ -112,9 +112,10 @@ def imagenet_model(labels: list[str] | None = None) -> LoadedModel:
         state_dict = IMAGENET_WEIGHTS.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # urllib, socket, hash and unpickling errors all mean "not available"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ExportError(
+        raise WeightsUnavailable(
             f"cannot download the ImageNet weights from {IMAGENET_WEIGHTS.url} ({reason}); "
-            "offline, use --weights random (untrained) or --weights PATH (a local checkpoint)"
+            "offline, use --weights random (untrained) or --weights PATH (a local checkpoint)",
+            reason,
         ) from exc
     model = resnet18(weights=None)
     model.load_state_dict(state_dict)
