@@ -150,12 +150,12 @@ def _send(client: Client, chunk: list[Path], top_k: int) -> list[dict[str, Any]]
 
 
 def batch_entries(body: dict[str, Any], expected: int) -> list[dict[str, Any]]:
-    """Per-image entries of a batch response, in request order."""
-    results = body.get("results")
-    if not isinstance(results, list) or len(results) != expected:
+    """Per-image entries of a batch response ({"predictions": [[...], ...]}), in request order."""
+    predictions = body.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != expected:
         raise ClassifierError(f"batch response does not hold {expected} results")
-    shared = {k: v for k, v in body.items() if k in ("model", "model_name", "sha256")}
-    return [{**shared, **r} if isinstance(r, dict) else {"error": r} for r in results]
+    shared = {k: v for k, v in body.items() if k != "predictions"}
+    return [{**shared, "predictions": p} for p in predictions]
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

@@ -1,0 +1,582 @@
+"""A local stand-in for API Gateway (REST API, Lambda proxy integration) in front of the handler.
+
+Each HTTP request on 127.0.0.1 becomes the event API Gateway would send (resource, path, headers and
+multiValueHeaders, query strings, requestContext with the API key identity, body base64-encoded
+with isBase64Encoded=true for the API's binary media types), and the function's proxy response
+becomes the HTTP response. Routes, API key requirements, binary media types, the stage and the
+usage plan's throttle come from the synthesized template (see apispec.py).
+
+Answers that API Gateway itself gives, before or after the function, are mirrored with its
+default gateway responses: 403 {"message": "Missing Authentication Token"} for an unknown
+resource or method, 403 {"message": "Forbidden"} for a missing or wrong API key, 429
+{"message": "Too Many Requests"} over the usage plan's rate, 413 {"message": "Request Too Long"}
+over the 10 MB payload limit (or Lambda's 6 MB invoke limit), 502 {"message": "Internal server
+error"} when the function fails or returns a malformed response, and 504 {"message": "Endpoint
+request timed out"} past the 29 s integration timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .apispec import ApiSpec, Route
+from .s3 import apply_env, restore_env
+
+LAMBDA_SRC = Path(__file__).resolve().parents[1] / "lambda_src"
+
+API_PAYLOAD_LIMIT = 10 * 1024 * 1024  # API Gateway REST: 10 MB request body
+LAMBDA_INVOKE_LIMIT = 6 * 1024 * 1024  # synchronous Invoke request payload (the whole event)
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024 + 100  # synchronous Invoke response payload
+INTEGRATION_TIMEOUT_S = 29.0  # API Gateway REST default integration timeout
+
+LOCAL_ACCOUNT_ID = "123456789012"
+LOCAL_API_ID = "local0api0"
+LOCAL_API_KEY_ID = "local0key0"
+
+# Hop-by-hop headers are consumed by API Gateway's front end and never reach the integration.
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer"}
+
+
+# -- the function ---------------------------------------------------------------------------
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of the Lambda Python runtime's context object that handlers use."""
+
+    aws_request_id: str
+    function_name: str
+    memory_limit_in_mb: int
+    timeout_s: int
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = ""
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    _deadline: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_s
+        region = "us-east-1"
+        self.invoked_function_arn = self.invoked_function_arn or (
+            f"arn:aws:lambda:{region}:{LOCAL_ACCOUNT_ID}:function:{self.function_name}:live"
+        )
+        self.log_group_name = self.log_group_name or f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = self.log_stream_name or "local/[$LATEST]" + uuid.uuid4().hex
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class FunctionRuntime:
+    """One execution environment for lambda_src/handler.py, in this process.
+
+    Like Lambda, INIT (importing the module, which loads the model) happens on the first
+    invocation, and a failed INIT is retried by the next one. Invocations are serialised: an
+    execution environment handles one event at a time.
+    """
+
+    def __init__(
+        self,
+        *,
+        environment: dict[str, str],
+        function_name: str,
+        memory_mb: int,
+        timeout_s: int,
+        handler: str = "handler.handler",
+        code_dir: Path = LAMBDA_SRC,
+    ) -> None:
+        self.environment = environment
+        self.function_name = function_name
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.module_name, self.function_attr = handler.rsplit(".", 1)
+        self.code_dir = code_dir
+        self._fn: Callable[[dict[str, Any], Any], Any] | None = None
+        self._lock = threading.Lock()
+        self._previous_env: dict[str, str | None] | None = None
+        self.init_ms: float | None = None
+        self.invocations = 0
+
+    def _init(self) -> Callable[[dict[str, Any], Any], Any]:
+        if self._previous_env is None:
+            self._previous_env = apply_env(self.environment)
+        if str(self.code_dir) not in sys.path:
+            sys.path.insert(0, str(self.code_dir))
+        start = time.perf_counter()
+        # A fresh execution environment: INIT runs again even if an earlier runtime imported it.
+        sys.modules.pop(self.module_name, None)
+        module = importlib.import_module(self.module_name)
+        fn = getattr(module, self.function_attr)
+        self.init_ms = (time.perf_counter() - start) * 1000
+        return fn
+
+    def invoke(self, event: dict[str, Any], request_id: str) -> Any:
+        """Run the handler; exceptions propagate (the gateway turns them into a 502)."""
+        with self._lock:
+            if self._fn is None:
+                self._fn = self._init()
+            context = LambdaContext(
+                aws_request_id=request_id,
+                function_name=self.function_name,
+                memory_limit_in_mb=self.memory_mb,
+                timeout_s=self.timeout_s,
+            )
+            self.invocations += 1
+            return self._fn(event, context)
+
+    def close(self) -> None:
+        if self._previous_env is not None:
+            restore_env(self._previous_env)
+            self._previous_env = None
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_binary(content_type: str | None, binary_media_types: tuple[str, ...]) -> bool:
+    """API Gateway's match of a Content-Type (or Accept) value against binaryMediaTypes."""
+    mt = media_type(content_type)
+    if not mt:
+        return False
+    for pattern in binary_media_types:
+        p = pattern.lower()
+        if p == mt or p == "*/*":
+            return True
+        if p.endswith("/*") and mt.startswith(p[:-1]):
+            return True
+    return False
+
+
+def _multi(
+    pairs: list[tuple[str, str]],
+) -> tuple[dict[str, str] | None, dict[str, list[str]] | None]:
+    """API Gateway's two views of repeated names: last value wins, and every value in order."""
+    if not pairs:
+        return None, None
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for k, v in pairs:
+        single[k] = v
+        multi.setdefault(k, []).append(v)
+    return single, multi
+
+
+def build_event(
+    *,
+    spec: ApiSpec,
+    method: str,
+    resource_path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    source_ip: str,
+    request_id: str,
+    api_key: str | None,
+    now: float | None = None,
+    resource_id: str = "local0res0",
+) -> dict[str, Any]:
+    """The REST API Lambda proxy event for one request (the `resource` equals the path: this API
+    has no path parameters)."""
+    now = time.time() if now is None else now
+    trace = f"Root=1-{int(now):08x}-{secrets.token_hex(12)}"
+    pairs = [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
+    # Headers API Gateway adds on its way in.
+    pairs += [
+        ("X-Amzn-Trace-Id", trace),
+        ("X-Forwarded-For", source_ip),
+        ("X-Forwarded-Port", str(_local_port(headers))),
+        ("X-Forwarded-Proto", "http"),
+    ]
+    header_map, multi_headers = _multi(pairs)
+    query_map, multi_query = _multi(parse_qsl(query, keep_blank_values=True))
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), None)
+    user_agent = next((v for k, v in headers if k.lower() == "user-agent"), None)
+    if not body:
+        event_body, b64 = None, False
+    elif is_binary(content_type, spec.binary_media_types):
+        event_body, b64 = base64.b64encode(body).decode("ascii"), True
+    else:
+        # Text media types travel as a string; undecodable bytes arrive replaced, as in AWS.
+        event_body, b64 = body.decode("utf-8", errors="replace"), False
+    host = next((v for k, v in headers if k.lower() == "host"), "127.0.0.1")
+    return {
+        "resource": resource_path,
+        "path": resource_path,
+        "httpMethod": method,
+        "headers": header_map,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": query_map,
+        "multiValueQueryStringParameters": multi_query,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourceId": resource_id,
+            "resourcePath": resource_path,
+            "httpMethod": method,
+            "extendedRequestId": base64.b64encode(uuid.uuid4().bytes[:9]).decode("ascii"),
+            "requestTime": _request_time(now),
+            "path": f"/{spec.stage}{resource_path}",
+            "accountId": LOCAL_ACCOUNT_ID,
+            "protocol": "HTTP/1.1",
+            "stage": spec.stage,
+            "domainPrefix": host.split(".")[0].split(":")[0],
+            "requestTimeEpoch": int(now * 1000),
+            "requestId": request_id,
+            "identity": {
+                "cognitoIdentityPoolId": None,
+                "accountId": None,
+                "cognitoIdentityId": None,
+                "caller": None,
+                "apiKey": api_key,
+                "principalOrgId": None,
+                "sourceIp": source_ip,
+                "cognitoAuthenticationType": None,
+                "cognitoAuthenticationProvider": None,
+                "userArn": None,
+                "userAgent": user_agent,
+                "user": None,
+                "accessKey": None,
+                "apiKeyId": LOCAL_API_KEY_ID if api_key else None,
+            },
+            "domainName": host,
+            "apiId": LOCAL_API_ID,
+        },
+        "body": event_body,
+        "isBase64Encoded": b64,
+    }
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _request_time(now: float) -> str:
+    # API Gateway's CLF timestamp uses English month names whatever the locale.
+    t = time.gmtime(now)
+    month = _MONTHS[t.tm_mon - 1]
+    return (
+        f"{t.tm_mday:02d}/{month}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    )
+
+
+def _local_port(headers: list[tuple[str, str]]) -> int:
+    host = next((v for k, v in headers if k.lower() == "host"), "")
+    _, _, port = host.rpartition(":")
+    return int(port) if port.isdigit() else 80
+
+
+# -- the gateway ------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """The usage plan's throttle: `rate` requests per second steady state, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.capacity, self._clock = rate, float(max(burst, 1)), clock
+        self._tokens, self._last = self.capacity, clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    """One line of what API Gateway's access log would hold."""
+
+    request_id: str
+    method: str
+    path: str
+    status: int
+    response_latency_ms: float
+    integration_latency_ms: float | None
+    error: str | None = None
+
+
+GatewayResponse = tuple[int, dict[str, str], bytes]
+
+
+def gateway_error(status: int, message: str, error_type: str) -> GatewayResponse:
+    body = json.dumps({"message": message}).encode()
+    return status, {"Content-Type": "application/json", "x-amzn-ErrorType": error_type}, body
+
+
+MISSING_TOKEN = (403, "Missing Authentication Token", "MissingAuthenticationTokenException")
+FORBIDDEN = (403, "Forbidden", "ForbiddenException")
+THROTTLED = (429, "Too Many Requests", "TooManyRequestsException")
+TOO_LARGE = (413, "Request Too Long", "RequestTooLongException")
+INTERNAL = (502, "Internal server error", "InternalServerErrorException")
+TIMED_OUT = (504, "Endpoint request timed out", "IntegrationTimeoutException")
+
+
+class LocalGateway:
+    """Routes HTTP requests to a FunctionRuntime the way the stack's REST API does."""
+
+    def __init__(
+        self,
+        spec: ApiSpec,
+        runtime: FunctionRuntime,
+        api_key: str,
+        *,
+        throttle: bool = True,
+        on_access: Callable[[AccessRecord], None] | None = None,
+        on_function_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.api_key = api_key
+        self.on_access = on_access
+        self.on_function_error = on_function_error
+        self.bucket = (
+            TokenBucket(spec.throttle_rate_rps, spec.throttle_burst or 1)
+            if throttle and spec.throttle_rate_rps
+            else None
+        )
+        self.events_seen = 0
+
+    def handle(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        source_ip: str,
+        request_id: str,
+    ) -> tuple[GatewayResponse, float | None]:
+        """One request -> (status, headers, body) and the integration latency in ms."""
+        url = urlsplit(target)
+        path = unquote(url.path)
+        prefix = f"/{self.spec.stage}"
+        if path != prefix and not path.startswith(prefix + "/"):
+            return gateway_error(*MISSING_TOKEN), None
+        resource_path = path[len(prefix) :] or "/"
+        if len(resource_path) > 1:
+            resource_path = resource_path.rstrip("/") or "/"
+        route = self.spec.route(method, resource_path)
+        if route is None:
+            return gateway_error(*MISSING_TOKEN), None
+        sent_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
+        if route.api_key_required and not (
+            sent_key and secrets.compare_digest(sent_key, self.api_key)
+        ):
+            return gateway_error(*FORBIDDEN), None
+        if self.bucket is not None and not self.bucket.take():
+            return gateway_error(*THROTTLED), None
+        missing = self._missing_parameters(route, headers, url.query)
+        if missing:
+            message = f"Missing required request parameters: [{', '.join(missing)}]"
+            return gateway_error(400, message, "BadRequestException"), None
+        if len(body) > API_PAYLOAD_LIMIT:
+            return gateway_error(*TOO_LARGE), None
+        event = build_event(
+            spec=self.spec,
+            method=method,
+            resource_path=resource_path,
+            query=url.query,
+            headers=headers,
+            body=body,
+            source_ip=source_ip,
+            request_id=request_id,
+            api_key=sent_key if route.api_key_required else None,
+        )
+        if len(json.dumps(event)) > LAMBDA_INVOKE_LIMIT:
+            return gateway_error(*TOO_LARGE), None
+        self.events_seen += 1
+        start = time.perf_counter()
+        try:
+            result = self.runtime.invoke(event, request_id)
+        except Exception as exc:  # any function failure is a 502, as in AWS
+            if self.on_function_error:
+                self.on_function_error(request_id, exc)
+            return gateway_error(*INTERNAL), (time.perf_counter() - start) * 1000
+        latency_ms = (time.perf_counter() - start) * 1000
+        if latency_ms > INTEGRATION_TIMEOUT_S * 1000:
+            return gateway_error(*TIMED_OUT), latency_ms
+        accept = next((v for k, v in headers if k.lower() == "accept"), None)
+        response = self._proxy_response(result, accept)
+        if response is None:
+            if self.on_function_error:
+                self.on_function_error(request_id, ValueError("malformed Lambda proxy response"))
+            return gateway_error(*INTERNAL), latency_ms
+        return response, latency_ms
+
+    @staticmethod
+    def _missing_parameters(route: Route, headers: list[tuple[str, str]], query: str) -> list[str]:
+        present = {k.lower() for k, v in headers if v}
+        names = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
+        return [h for h in route.required_headers if h.lower() not in present] + [
+            q for q in route.required_query if q not in names
+        ]
+
+    def _proxy_response(self, result: Any, accept: str | None) -> GatewayResponse | None:
+        """Validate and translate a Lambda proxy response; None when API Gateway would 502."""
+        try:
+            if len(json.dumps(result)) > LAMBDA_RESPONSE_LIMIT:
+                return None
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
+            return None
+        allowed = {"statusCode", "headers", "multiValueHeaders", "body", "isBase64Encoded"}
+        if set(result) - allowed:
+            return None
+        headers: dict[str, str] = {}
+        for k, v in (result.get("headers") or {}).items():
+            headers[str(k)] = str(v)
+        for k, values in (result.get("multiValueHeaders") or {}).items():
+            headers[str(k)] = ", ".join(str(v) for v in values)
+        body_value = result.get("body")
+        if body_value is None:
+            body = b""
+        elif not isinstance(body_value, str):
+            return None
+        elif result.get("isBase64Encoded") and is_binary(accept, self.spec.binary_media_types):
+            # REST APIs only decode a base64 body when the client's Accept is a binary type.
+            try:
+                body = base64.b64decode(body_value, validate=True)
+            except ValueError:
+                return None
+        else:
+            body = body_value.encode("utf-8")
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        return result["statusCode"], headers, body
+
+
+class _HTTPHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "LocalApiGateway/1.0"
+    timeout = 5  # idle keep-alive connections end, so shutdown never waits long
+    server: _Server
+
+    def _serve(self) -> None:
+        gateway = self.server.gateway
+        request_id = str(uuid.uuid4())
+        start = time.perf_counter()
+        body = self._read_body()
+        if body is None:
+            response: GatewayResponse = gateway_error(*TOO_LARGE)
+            integration_ms = None
+            self.close_connection = True
+        else:
+            try:
+                response, integration_ms = gateway.handle(
+                    self.command,
+                    self.path,
+                    list(self.headers.items()),
+                    body,
+                    self.client_address[0],
+                    request_id,
+                )
+            except Exception as exc:  # the emulator must answer, never hang
+                response, integration_ms = gateway_error(*INTERNAL), None
+                if gateway.on_function_error:
+                    gateway.on_function_error(request_id, exc)
+        status, headers, payload = response
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("x-amzn-RequestId", request_id)
+        self.send_header("x-amz-apigw-id", base64.b64encode(uuid.uuid4().bytes[:6]).decode())
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        if gateway.on_access:
+            gateway.on_access(
+                AccessRecord(
+                    request_id=request_id,
+                    method=self.command,
+                    path=self.path,
+                    status=status,
+                    response_latency_ms=(time.perf_counter() - start) * 1000,
+                    integration_latency_ms=integration_ms,
+                )
+            )
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None when it exceeds API Gateway's payload limit."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks, total = [], 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                total += size
+                if total > API_PAYLOAD_LIMIT:
+                    return None
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > API_PAYLOAD_LIMIT:
+            return None
+        return self.rfile.read(length) if length else b""
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # access records go to LocalGateway.on_access instead of stderr
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True  # server_close() joins request threads: nothing is left running
+    gateway: LocalGateway
+
+
+@dataclass
+class RunningGateway:
+    gateway: LocalGateway
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """What the stack's endpoint URL output looks like: base URL plus the stage."""
+        return f"{self.base_url}/{self.gateway.spec.stage}/"
+
+
+@contextmanager
+def serve_gateway(gateway: LocalGateway, port: int = 0) -> Iterator[RunningGateway]:
+    """Serve on 127.0.0.1 (port 0: a free one) in a background thread; stop cleanly on exit."""
+    server = _Server(("127.0.0.1", port), _HTTPHandler)
+    server.gateway = gateway
+    thread = threading.Thread(target=server.serve_forever, name="local-gateway", daemon=True)
+    thread.start()
+    try:
+        host, bound_port = server.server_address[:2]
+        yield RunningGateway(gateway=gateway, host=str(host), port=int(bound_port))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
