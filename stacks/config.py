@@ -1,0 +1,192 @@
+"""Stage configuration, in code: one frozen ``StageConfig`` per stage.
+
+``app.py`` picks the stage(s) to synthesize; nothing else reads CDK context. Every field
+documents its unit. A change here is an infrastructure change and shows up in the committed
+templates under ``templates/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from aws_cdk import RemovalPolicy
+from aws_cdk.aws_logs import RetentionDays
+
+Architecture = Literal["x86_64", "arm64"]
+
+# API Gateway cuts REST integrations at 29 s; the function must give up first so the
+# caller gets the function's own error instead of a gateway 504.
+API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS = 29
+
+DEPLOYMENT_CONFIGS = (
+    "ALL_AT_ONCE",
+    "CANARY_10_PERCENT_5_MINUTES",
+    "CANARY_10_PERCENT_10_MINUTES",
+    "CANARY_10_PERCENT_15_MINUTES",
+    "CANARY_10_PERCENT_30_MINUTES",
+    "LINEAR_10_PERCENT_EVERY_1_MINUTE",
+    "LINEAR_10_PERCENT_EVERY_2_MINUTES",
+    "LINEAR_10_PERCENT_EVERY_3_MINUTES",
+    "LINEAR_10_PERCENT_EVERY_10_MINUTES",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """Everything that differs between stages.
+
+    Attributes:
+        name: Stage name (``dev``, ``prod``); the stack id is ``ResnetServing<Name>``.
+        architecture: Lambda CPU architecture, ``x86_64`` or ``arm64``; the image is built for it.
+        memory_mb: Function memory in MB (Lambda allots vCPUs in proportion; 1769 MB = 1 vCPU).
+        timeout_seconds: Function timeout in seconds; must stay below API Gateway's 29 s.
+        ephemeral_storage_mb: ``/tmp`` size in MB; holds the downloaded model (at least twice
+            its size, see ``ModelSource.min_ephemeral_storage_mb``).
+        reserved_concurrency: Reserved concurrent executions, or ``None`` for the unreserved
+            pool (new accounts with a quota of 10 cannot reserve any).
+        provisioned_concurrency_min: Provisioned concurrency floor on alias ``live``
+            (0 = no provisioned concurrency, no autoscaling).
+        provisioned_concurrency_max: Autoscaling ceiling for provisioned concurrency.
+        provisioned_concurrency_target_utilization: Target tracking set point, a fraction 0-1 of
+            ``ProvisionedConcurrencyUtilization``.
+        deployment_config: CodeDeploy Lambda deployment config name (``ALL_AT_ONCE``,
+            ``CANARY_10_PERCENT_5_MINUTES``, ...).
+        api_throttle_rate_rps: Usage plan steady-state limit, requests per second.
+        api_throttle_burst: Usage plan burst limit, requests.
+        api_quota_per_day: Usage plan quota, requests per day per API key.
+        iam_auth: Also require SigV4 (IAM) authorization on every route, in addition to the key.
+        latency_slo_ms: API Gateway latency p99 objective in milliseconds; alarm threshold.
+        api_5xx_rate_max: Highest tolerated API 5XX rate, a fraction 0-1 of requests per minute.
+        function_errors_max: Function errors per minute (alias ``live``) before alarming.
+        duration_timeout_fraction: Alarm when function duration p99 exceeds this fraction (0-1)
+            of the timeout.
+        spillover_max: Provisioned-concurrency spillover invocations per minute before alarming.
+        alarm_email: E-mail subscribed to the alarm topic, or ``None``.
+        log_retention: Retention of the function, API access and deployment log groups.
+        access_log_expiration_days: Days the bucket's server access logs are kept, in days.
+        noncurrent_version_expiration_days: Days before noncurrent model object versions expire.
+        removal_policy: What ``cdk destroy`` does with the bucket and the log groups.
+        log_level: Powertools ``LOG_LEVEL`` of the function.
+    """
+
+    name: str
+    architecture: Architecture = "x86_64"
+    memory_mb: int = 3008
+    timeout_seconds: int = 20
+    ephemeral_storage_mb: int = 1024
+    reserved_concurrency: int | None = None
+    provisioned_concurrency_min: int = 0
+    provisioned_concurrency_max: int = 0
+    provisioned_concurrency_target_utilization: float = 0.7
+    deployment_config: str = "ALL_AT_ONCE"
+    api_throttle_rate_rps: float = 10
+    api_throttle_burst: int = 20
+    api_quota_per_day: int = 10_000
+    iam_auth: bool = False
+    latency_slo_ms: int = 1000
+    api_5xx_rate_max: float = 0.01
+    function_errors_max: int = 5
+    duration_timeout_fraction: float = 0.8
+    spillover_max: int = 10
+    alarm_email: str | None = None
+    log_retention: RetentionDays = RetentionDays.ONE_WEEK
+    access_log_expiration_days: int = 30
+    noncurrent_version_expiration_days: int = 7
+    removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name.isalnum() or not self.name.islower():
+            problems.append("name must be lowercase letters/digits")
+        if self.architecture not in ("x86_64", "arm64"):
+            problems.append("architecture must be x86_64 or arm64")
+        if not 128 <= self.memory_mb <= 10240:
+            problems.append("memory_mb must be 128-10240")
+        if not 1 <= self.timeout_seconds < API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS:
+            problems.append(
+                f"timeout_seconds must be 1-{API_GATEWAY_INTEGRATION_TIMEOUT_SECONDS - 1}"
+            )
+        if not 512 <= self.ephemeral_storage_mb <= 10240:
+            problems.append("ephemeral_storage_mb must be 512-10240")
+        if not 0 <= self.provisioned_concurrency_min <= self.provisioned_concurrency_max:
+            problems.append("need 0 <= provisioned_concurrency_min <= provisioned_concurrency_max")
+        if (
+            self.reserved_concurrency is not None
+            and self.reserved_concurrency < self.provisioned_concurrency_max
+        ):
+            problems.append("reserved_concurrency must cover provisioned_concurrency_max")
+        if not 0.1 <= self.provisioned_concurrency_target_utilization <= 0.9:
+            problems.append("provisioned_concurrency_target_utilization must be 0.1-0.9")
+        if self.deployment_config not in DEPLOYMENT_CONFIGS:
+            problems.append(f"deployment_config must be one of {', '.join(DEPLOYMENT_CONFIGS)}")
+        if not 0 < self.api_5xx_rate_max < 1 or not 0 < self.duration_timeout_fraction < 1:
+            problems.append("api_5xx_rate_max and duration_timeout_fraction must be in (0, 1)")
+        if self.latency_slo_ms >= self.timeout_seconds * 1000:
+            problems.append("latency_slo_ms must be below the function timeout")
+        if problems:
+            raise ValueError(f"StageConfig {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def stack_id(self) -> str:
+        """CloudFormation stack name / CDK stack id, e.g. ``ResnetServingDev``."""
+        return "ResnetServing" + self.name.capitalize()
+
+    @property
+    def service_name(self) -> str:
+        """``POWERTOOLS_SERVICE_NAME``; also the ``service`` dimension of the custom metrics."""
+        return f"resnet-serving-{self.name}"
+
+    @property
+    def has_provisioned_concurrency(self) -> bool:
+        return self.provisioned_concurrency_max > 0
+
+
+DEV = StageConfig(
+    name="dev",
+    memory_mb=2048,
+    timeout_seconds=20,
+    ephemeral_storage_mb=1024,
+    reserved_concurrency=None,
+    provisioned_concurrency_min=0,
+    provisioned_concurrency_max=0,
+    deployment_config="ALL_AT_ONCE",
+    api_throttle_rate_rps=5,
+    api_throttle_burst=10,
+    api_quota_per_day=5_000,
+    latency_slo_ms=2000,
+    api_5xx_rate_max=0.05,
+    function_errors_max=10,
+    log_retention=RetentionDays.ONE_WEEK,
+    access_log_expiration_days=14,
+    noncurrent_version_expiration_days=3,
+    removal_policy=RemovalPolicy.DESTROY,
+    log_level="DEBUG",
+)
+
+PROD = StageConfig(
+    name="prod",
+    memory_mb=3008,
+    timeout_seconds=20,
+    ephemeral_storage_mb=1024,
+    reserved_concurrency=50,
+    provisioned_concurrency_min=2,
+    provisioned_concurrency_max=20,
+    provisioned_concurrency_target_utilization=0.7,
+    deployment_config="CANARY_10_PERCENT_5_MINUTES",
+    api_throttle_rate_rps=50,
+    api_throttle_burst=100,
+    api_quota_per_day=1_000_000,
+    latency_slo_ms=500,
+    api_5xx_rate_max=0.01,
+    function_errors_max=5,
+    spillover_max=10,
+    log_retention=RetentionDays.THREE_MONTHS,
+    access_log_expiration_days=90,
+    noncurrent_version_expiration_days=30,
+    removal_policy=RemovalPolicy.RETAIN,
+    log_level="INFO",
+)
+
+STAGES: dict[str, StageConfig] = {stage.name: stage for stage in (DEV, PROD)}

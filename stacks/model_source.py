@@ -1,0 +1,131 @@
+"""Where the deployed model comes from: the exporter's artifact dir, or an already-published key.
+
+Pure Python (no CDK): reading a manifest must not need torch, AWS credentials or the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_PREFIX = "models"
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MIB = 1024 * 1024
+# Headroom on /tmp beyond the model itself: the download's temporary file and ONNX Runtime's
+# optimized-model cache both live there next to the checksummed copy.
+_EPHEMERAL_HEADROOM_MB = 256
+
+HOW_TO_GET_A_MODEL = (
+    "run `make model` to export one to build/model, pass -c model_dir=<artifact dir>, "
+    "or deploy an already-published model with "
+    "-c model_key=models/<sha256>/model.onnx -c model_sha256=<sha256>"
+)
+
+
+class ModelSourceError(ValueError):
+    """A one-line, actionable reason why no model can be deployed."""
+
+
+def model_key(sha256: str, prefix: str = MODEL_PREFIX) -> str:
+    """Content-addressed key of a model, the exporter's publish layout."""
+    return f"{prefix}/{sha256}/{MODEL_FILE}"
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """The model a stack deploys.
+
+    Attributes:
+        key: S3 object key of ``model.onnx`` in the model bucket (``models/<sha256>/model.onnx``).
+        sha256: Hex SHA-256 of ``model.onnx``; the function verifies the download against it.
+        artifact_dir: Exporter output to upload with the stack, or ``None`` when the model is
+            already published in the bucket.
+        size_bytes: Size of ``model.onnx`` in bytes, when known.
+    """
+
+    key: str
+    sha256: str
+    artifact_dir: Path | None = None
+    size_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _SHA256.match(self.sha256):
+            raise ModelSourceError(
+                f"model_sha256 must be 64 lowercase hex characters, got {self.sha256!r}"
+            )
+        if not self.key or self.key.startswith("/") or "*" in self.key:
+            raise ModelSourceError(f"model_key must be a plain S3 key, got {self.key!r}")
+
+    @property
+    def key_prefix(self) -> str:
+        """The "folder" holding ``model.onnx`` and ``manifest.json``."""
+        return self.key.rpartition("/")[0]
+
+    @property
+    def min_ephemeral_storage_mb(self) -> int | None:
+        """Smallest ``/tmp`` that fits two copies of the model plus headroom, in MB."""
+        if self.size_bytes is None:
+            return None
+        return -(-2 * self.size_bytes // _MIB) + _EPHEMERAL_HEADROOM_MB
+
+    @classmethod
+    def published(cls, *, key: str, sha256: str) -> ModelSource:
+        """A model already in the bucket (for example uploaded by ``model_export.publish``)."""
+        source = cls(key=key, sha256=sha256)
+        if sha256 not in key.split("/"):
+            raise ModelSourceError(
+                f"model_key {key!r} is not content-addressed by model_sha256 {sha256}: "
+                f"expected {model_key(sha256)}"
+            )
+        return source
+
+    @classmethod
+    def from_artifact_dir(cls, model_dir: Path) -> ModelSource:
+        """Read the exporter's ``manifest.json`` and check ``model.onnx`` against it."""
+        manifest_path = model_dir / MANIFEST_FILE
+        model_path = model_dir / MODEL_FILE
+        if not manifest_path.is_file() or not model_path.is_file():
+            raise ModelSourceError(f"No exported model in {model_dir}: {HOW_TO_GET_A_MODEL}")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            sha256 = str(manifest["sha256"])
+            declared_file = manifest.get("file", MODEL_FILE)
+            format_version = manifest.get("format_version")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelSourceError(
+                f"{manifest_path} is not an exporter manifest ({error!r}): {HOW_TO_GET_A_MODEL}"
+            ) from None
+        if format_version != 1:
+            raise ModelSourceError(
+                f"{manifest_path} has format_version {format_version!r}, expected 1: re-export "
+                "with `make model`"
+            )
+        if declared_file != MODEL_FILE:
+            raise ModelSourceError(
+                f"{manifest_path} names {declared_file!r}; the serving contract is {MODEL_FILE}"
+            )
+        actual = _sha256_of(model_path)
+        if actual != sha256:
+            raise ModelSourceError(
+                f"{model_path} has sha256 {actual} but {MANIFEST_FILE} says {sha256}: "
+                "re-export with `make model`"
+            )
+        return cls(
+            key=model_key(sha256),
+            sha256=sha256,
+            artifact_dir=model_dir,
+            size_bytes=model_path.stat().st_size,
+        )

@@ -1,0 +1,162 @@
+"""The inference function: image from lambda_src/, alias ``live``, provisioned concurrency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Size
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from cdk_nag import NagPackSuppression, NagSuppressions
+from constructs import Construct
+
+from stacks.config import Architecture
+from stacks.model_source import ModelSource
+
+LAMBDA_SRC = Path(__file__).resolve().parent.parent / "lambda_src"
+FUNCTION_LOGICAL_ID = "PredictFunction"
+ALIAS_NAME = "live"
+MODEL_CACHE_DIR = "/tmp/model-cache"  # noqa: S108 - Lambda's only writable path
+METRICS_NAMESPACE = "ResnetServing"
+
+_ARCHITECTURES = {
+    "x86_64": (lambda_.Architecture.X86_64, ecr_assets.Platform.LINUX_AMD64),
+    "arm64": (lambda_.Architecture.ARM_64, ecr_assets.Platform.LINUX_ARM64),
+}
+
+
+class PredictFunction(Construct):
+    """DockerImageFunction + log group + least-privilege role + alias ``live``.
+
+    Every deploy publishes a version (``current_version`` hashes the image and the
+    environment, so a new model or new code is a new version) and points ``live`` at it;
+    CodeDeploy shifts traffic between versions.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        bucket: s3.IBucket,
+        model: ModelSource,
+        architecture: Architecture,
+        memory_mb: int,
+        timeout_seconds: int,
+        ephemeral_storage_mb: int,
+        reserved_concurrency: int | None,
+        provisioned_concurrency_min: int,
+        provisioned_concurrency_max: int,
+        provisioned_concurrency_target_utilization: float,
+        service_name: str,
+        log_level: str,
+        log_retention: logs.RetentionDays,
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        """
+        Args:
+            bucket: Model bucket; the function may read exactly ``model.key`` from it.
+            model: Key and sha256 pinned into the environment.
+            architecture: ``x86_64`` or ``arm64``; also the image build platform.
+            memory_mb: Memory in MB.
+            timeout_seconds: Timeout in seconds.
+            ephemeral_storage_mb: ``/tmp`` in MB; at least ``model.min_ephemeral_storage_mb``.
+            reserved_concurrency: Reserved concurrent executions, or None.
+            provisioned_concurrency_min: Provisioned concurrency floor on ``live`` (0 = none).
+            provisioned_concurrency_max: Autoscaling ceiling.
+            provisioned_concurrency_target_utilization: Target tracking set point, 0-1.
+            service_name: ``POWERTOOLS_SERVICE_NAME`` (metric dimension ``service``).
+            log_level: ``LOG_LEVEL``.
+            log_retention: Function log group retention.
+            removal_policy: Log group removal policy.
+        """
+        super().__init__(scope, construct_id)
+        needed = model.min_ephemeral_storage_mb
+        if needed is not None and ephemeral_storage_mb < needed:
+            raise ValueError(
+                f"ephemeral_storage_mb={ephemeral_storage_mb} cannot hold the "
+                f"{model.size_bytes} byte model twice plus headroom: raise it to >= {needed}"
+            )
+        lambda_arch, platform = _ARCHITECTURES[architecture]
+
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=removal_policy
+        )
+        # An explicit role instead of AWSLambdaBasicExecutionRole, whose logs:* rights span
+        # every log group in the account.
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Predict function: write its own logs, read its one model object",
+        )
+        self.log_group.grant_write(self.role)
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadTheDeployedModel",
+                actions=["s3:GetObject"],
+                resources=[bucket.arn_for_objects(model.key)],
+            )
+        )
+
+        self.function = lambda_.DockerImageFunction(
+            self,
+            "Function",
+            code=lambda_.DockerImageCode.from_image_asset(
+                str(LAMBDA_SRC), platform=platform, exclude=["**/__pycache__", "**/*.pyc"]
+            ),
+            architecture=lambda_arch,
+            memory_size=memory_mb,
+            timeout=Duration.seconds(timeout_seconds),
+            ephemeral_storage_size=Size.mebibytes(ephemeral_storage_mb),
+            reserved_concurrent_executions=reserved_concurrency,
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=self.log_group,
+            role=self.role,
+            description=f"ResNet18 ONNX classifier, model sha256 {model.sha256}",
+            environment={
+                "MODEL_BUCKET": bucket.bucket_name,
+                "MODEL_KEY": model.key,
+                "MODEL_SHA256": model.sha256,
+                "MODEL_CACHE_DIR": MODEL_CACHE_DIR,
+                "POWERTOOLS_SERVICE_NAME": service_name,
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "LOG_LEVEL": log_level,
+            },
+        )
+        cfn_function = self.function.node.default_child
+        assert isinstance(cfn_function, lambda_.CfnFunction)
+        cfn_function.override_logical_id(FUNCTION_LOGICAL_ID)
+        NagSuppressions.add_resource_suppressions(
+            self.role,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-IAM5",
+                    reason="Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords "
+                    "support no resource-level permissions.",
+                    applies_to=["Resource::*"],
+                )
+            ],
+            apply_to_children=True,
+        )
+
+        self.alias = lambda_.Alias(
+            self,
+            "Live",
+            alias_name=ALIAS_NAME,
+            version=self.function.current_version,
+            provisioned_concurrent_executions=provisioned_concurrency_min or None,
+        )
+        self.scaling: lambda_.IScalableFunctionAttribute | None = None
+        if provisioned_concurrency_max > 0:
+            self.scaling = self.alias.add_auto_scaling(
+                min_capacity=max(provisioned_concurrency_min, 1),
+                max_capacity=provisioned_concurrency_max,
+            )
+            # Target tracking on LambdaProvisionedConcurrencyUtilization.
+            self.scaling.scale_on_utilization(
+                utilization_target=provisioned_concurrency_target_utilization
+            )

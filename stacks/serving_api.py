@@ -1,0 +1,143 @@
+"""REST API in front of alias ``live``: POST /predict, GET /health, API key + usage plan."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from cdk_nag import NagPackSuppression, NagSuppressions
+from constructs import Construct
+
+API_STAGE_NAME = "v1"
+# API Gateway base64-encodes these request bodies before they reach the function.
+BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+class ServingApi(Construct):
+    """Regional REST API with JSON access logs, X-Ray, metrics and a keyed usage plan."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        handler: lambda_.IFunction,
+        throttle_rate_rps: float,
+        throttle_burst: int,
+        quota_per_day: int,
+        iam_auth: bool,
+        log_retention: logs.RetentionDays,
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        """
+        Args:
+            handler: The alias the proxy integrations invoke.
+            throttle_rate_rps: Usage plan steady-state limit, requests per second.
+            throttle_burst: Usage plan burst, requests.
+            quota_per_day: Requests per day per key.
+            iam_auth: Require SigV4 (IAM) on every route in addition to the API key.
+            log_retention: Access log retention.
+            removal_policy: Access log group removal policy.
+        """
+        super().__init__(scope, construct_id)
+        self.access_logs = logs.LogGroup(
+            self, "AccessLogs", retention=log_retention, removal_policy=removal_policy
+        )
+        authorization = apigw.AuthorizationType.IAM if iam_auth else apigw.AuthorizationType.NONE
+        self.api = apigw.RestApi(
+            self,
+            "Api",
+            description="ResNet18 image classification",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            binary_media_types=list(BINARY_MEDIA_TYPES),
+            # Logging needs the account-level CloudWatch role; retained because it is shared
+            # by every REST API in the account/region (both stages).
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
+            default_method_options=apigw.MethodOptions(
+                api_key_required=True, authorization_type=authorization
+            ),
+            deploy_options=apigw.StageOptions(
+                stage_name=API_STAGE_NAME,
+                access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=True,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=True,
+                ),
+                metrics_enabled=True,
+                tracing_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                # Request/response bodies are images and predictions: keep them out of logs.
+                data_trace_enabled=False,
+            ),
+        )
+        validator = self.api.add_request_validator(
+            "RequestValidator",
+            validate_request_parameters=True,
+            # No body models: the function validates images; this only satisfies APIG2's
+            # "both flags" check and will apply if a JSON model is ever added.
+            validate_request_body=True,
+        )
+        integration = apigw.LambdaIntegration(handler, proxy=True)
+        self.predict_method = self.api.root.add_resource("predict").add_method(
+            "POST",
+            integration,
+            request_validator=validator,
+            # Rejected at the edge (400) without invoking, and paying for, the function.
+            request_parameters={"method.request.header.Content-Type": True},
+        )
+        self.health_method = self.api.root.add_resource("health").add_method(
+            "GET", integration, request_validator=validator
+        )
+
+        self.api_key = self.api.add_api_key("ApiKey", description="Default client key")
+        self.usage_plan = self.api.add_usage_plan(
+            "UsagePlan",
+            description="Per-key throttling and daily quota",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=throttle_rate_rps, burst_limit=throttle_burst
+            ),
+            quota=apigw.QuotaSettings(limit=quota_per_day, period=apigw.Period.DAY),
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.api.deployment_stage)],
+        )
+        self.usage_plan.add_api_key(self.api_key)
+
+        suppressions = [
+            NagPackSuppression(
+                id="AwsSolutions-APIG3",
+                reason="No WAF: the API only accepts keyed requests under a per-key throttle "
+                "and quota; attach a WebACL per environment if the endpoint faces the open "
+                "internet at scale.",
+            ),
+            NagPackSuppression(
+                id="AwsSolutions-IAM4",
+                reason="AmazonAPIGatewayPushToCloudWatchLogs is the AWS-documented policy of the "
+                "account-level API Gateway logging role.",
+                applies_to=[
+                    "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                    "AmazonAPIGatewayPushToCloudWatchLogs"
+                ],
+            ),
+        ]
+        if not iam_auth:
+            suppressions += [
+                NagPackSuppression(
+                    id="AwsSolutions-APIG4",
+                    reason="Clients authenticate with an API key bound to a usage plan; set "
+                    "iam_auth=True in the stage config to also require SigV4.",
+                ),
+                NagPackSuppression(
+                    id="AwsSolutions-COG4",
+                    reason="Machine-to-machine API: API keys (and optionally IAM), no Cognito "
+                    "user pool.",
+                ),
+            ]
+        NagSuppressions.add_resource_suppressions(self.api, suppressions, apply_to_children=True)

@@ -1,0 +1,121 @@
+"""ResnetServing<Stage>: bucket -> function/alias -> API, plus rollout and monitoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from stacks.config import StageConfig
+from stacks.model_source import ModelSource
+from stacks.model_store import ModelStore
+from stacks.monitoring import ServingMonitoring
+from stacks.predict_function import PredictFunction
+from stacks.rollout import Rollout
+from stacks.serving_api import API_STAGE_NAME, ServingApi
+
+
+class ServingStack(Stack):
+    """Everything one stage needs to serve the classifier."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        *,
+        config: StageConfig,
+        model: ModelSource,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            scope,
+            config.stack_id,
+            description=f"ResNet18 image classifier on Lambda behind API Gateway ({config.name})",
+            **kwargs,
+        )
+        self.config = config
+
+        store = ModelStore(
+            self,
+            "ModelStore",
+            model=model,
+            removal_policy=config.removal_policy,
+            noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
+            access_log_expiration_days=config.access_log_expiration_days,
+            log_retention=config.log_retention,
+        )
+        predict = PredictFunction(
+            self,
+            "Predict",
+            bucket=store.bucket,
+            model=model,
+            architecture=config.architecture,
+            memory_mb=config.memory_mb,
+            timeout_seconds=config.timeout_seconds,
+            ephemeral_storage_mb=config.ephemeral_storage_mb,
+            reserved_concurrency=config.reserved_concurrency,
+            provisioned_concurrency_min=config.provisioned_concurrency_min,
+            provisioned_concurrency_max=config.provisioned_concurrency_max,
+            provisioned_concurrency_target_utilization=(
+                config.provisioned_concurrency_target_utilization
+            ),
+            service_name=config.service_name,
+            log_level=config.log_level,
+            log_retention=config.log_retention,
+            removal_policy=config.removal_policy,
+        )
+        if store.deployment is not None:
+            # The first invocation downloads the model; it must be in the bucket by then.
+            predict.function.node.add_dependency(store.deployment)
+
+        api = ServingApi(
+            self,
+            "Http",
+            handler=predict.alias,
+            throttle_rate_rps=config.api_throttle_rate_rps,
+            throttle_burst=config.api_throttle_burst,
+            quota_per_day=config.api_quota_per_day,
+            iam_auth=config.iam_auth,
+            log_retention=config.log_retention,
+            removal_policy=config.removal_policy,
+        )
+        monitoring = ServingMonitoring(
+            self,
+            "Monitoring",
+            api=api.api,
+            api_stage_name=API_STAGE_NAME,
+            alias=predict.alias,
+            timeout_seconds=config.timeout_seconds,
+            service_name=config.service_name,
+            has_provisioned_concurrency=config.has_provisioned_concurrency,
+            latency_slo_ms=config.latency_slo_ms,
+            api_5xx_rate_max=config.api_5xx_rate_max,
+            function_errors_max=config.function_errors_max,
+            duration_timeout_fraction=config.duration_timeout_fraction,
+            spillover_max=config.spillover_max,
+            alarm_email=config.alarm_email,
+        )
+        Rollout(
+            self,
+            "Rollout",
+            alias=predict.alias,
+            deployment_config=config.deployment_config,
+            # The new version's own errors and latency, and what callers see of it.
+            alarms=monitoring.alarms_named("Fault", "Latency", "5XX"),
+        )
+
+        CfnOutput(self, "EndpointUrl", value=api.api.url, description="Base URL; POST <url>predict")
+        CfnOutput(
+            self,
+            "ApiKeyId",
+            value=api.api_key.key_id,
+            description="aws apigateway get-api-key --include-value --api-key <id>",
+        )
+        CfnOutput(self, "ModelBucketName", value=store.bucket.bucket_name)
+        CfnOutput(self, "ModelKey", value=model.key)
+        CfnOutput(self, "FunctionName", value=predict.function.function_name)
+        CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)
+        self.store = store
+        self.predict = predict
+        self.api = api
+        self.monitoring = monitoring
