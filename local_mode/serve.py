@@ -1,0 +1,169 @@
+"""`make serve`: the local endpoint, kept up for curl and the client until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from .apispec import template_path
+from .console import stdout_to_file
+from .demo import (
+    DEFAULT_MODEL_DIR,
+    USER_ERRORS,
+    Console,
+    _rel,
+    describe_endpoint,
+    describe_weights,
+    ensure_model,
+)
+from .endpoint import local_endpoint
+from .gateway import AccessRecord
+
+DEFAULT_PORT = 3000  # what `sam local start-api` uses; pass --port 0 for any free port
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m local_mode.serve", description=__doc__)
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="artifact directory to reuse or export into (default build/model)",
+    )
+    p.add_argument("--weights", default="auto", help="weights when exporting (default auto)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"gateway port on 127.0.0.1 (default {DEFAULT_PORT}; 0 = any free port)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("LOCAL_API_KEY"),
+        help="API key to require (default: $LOCAL_API_KEY, else a random one)",
+    )
+    p.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help=f"synthesized stack to mirror (default {_rel(template_path())})",
+    )
+    p.add_argument(
+        "--function-log",
+        type=Path,
+        default=None,
+        help="write the function's logs to this file instead of stdout",
+    )
+    p.add_argument("--no-throttle", action="store_true", help="ignore the usage plan's rate limit")
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="when ready, write {endpoint, api_key} as JSON here (for scripts/tests)",
+    )
+    return p
+
+
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _logs(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+    else:
+        with stdout_to_file(path) as terminal:
+            yield terminal
+
+
+def run(args: argparse.Namespace, say: Console) -> int:
+    manifest = ensure_model(args.model_dir, args.weights, False, say)
+    describe_weights(manifest, say)
+
+    def access(record: AccessRecord) -> None:
+        integration = (
+            f", function {record.integration_latency_ms:.0f} ms"
+            if record.integration_latency_ms is not None
+            else ""
+        )
+        print(
+            f"{record.method} {record.path} -> {record.status} "
+            f"({record.response_latency_ms:.0f} ms{integration})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with (
+        _logs(args.function_log) as terminal,
+        local_endpoint(
+            args.model_dir,
+            template=args.template,
+            api_key=args.api_key,
+            port=args.port,
+            throttle=not args.no_throttle,
+            on_access=access,
+        ) as ep,
+    ):
+        say.stream = terminal
+        say()
+        describe_endpoint(ep, say, args.function_log or Path("/dev/stdout"))
+        say()
+        say(f"Endpoint  {ep.endpoint}")
+        say(f"API key   {ep.api_key}")
+        say()
+        say("Try it (from another terminal):")
+        say(f"  curl -s -H 'x-api-key: {ep.api_key}' {ep.endpoint}health")
+        say(f"  curl -s -H 'x-api-key: {ep.api_key}' -H 'Content-Type: image/jpeg' \\")
+        say(f"       --data-binary @photo.jpg '{ep.endpoint}predict?top_k=3'")
+        say(f"  CLASSIFIER_ENDPOINT={ep.endpoint} CLASSIFIER_API_KEY={ep.api_key} \\")
+        say("       .venv/bin/python -m classifier_client photo.jpg some/directory/")
+        say()
+        say("The first request is the cold start (model download + ONNX session). Ctrl-C stops.")
+        if args.ready_file is not None:
+            tmp = args.ready_file.with_suffix(".tmp")
+            ready = {
+                "endpoint": ep.endpoint,
+                "api_key": ep.api_key,
+                "s3_endpoint": ep.s3.endpoint_url,
+            }
+            tmp.write_text(json.dumps(ready))
+            tmp.replace(args.ready_file)  # readers never see a half-written file
+        threading.Event().wait()  # until SIGINT/SIGTERM raises KeyboardInterrupt
+    return 0  # pragma: no cover - only reached through the exception below
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    say = Console(sys.stdout)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run(args, say)
+    except KeyboardInterrupt:
+        say.stream = sys.stdout
+        say("\nStopped: gateway, S3 server and function shut down.")
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        say.stream = sys.stdout
+        say(f"error: port {args.port} on 127.0.0.1 is in use; pass --port 0 or another port")
+        return 1
+    except USER_ERRORS as exc:
+        say.stream = sys.stdout
+        say(f"error: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
