@@ -16,6 +16,7 @@ from cdk_monitoring_constructs import (
     ErrorRateThreshold,
     LatencyThreshold,
     LatencyType,
+    MetricFactoryDefaults,
     MonitoringFacade,
     RunningTaskCountThreshold,
     SnsAlarmActionStrategy,
@@ -99,6 +100,9 @@ class ServingMonitoring(Construct):
                 datapoints_to_alarm=2,
                 evaluation_periods=3,
             ),
+            # One-minute datapoints everywhere (the library's default is five): alarms must
+            # fire within a 5-minute canary.
+            metric_factory_defaults=MetricFactoryDefaults(period=Duration.minutes(1)),
             dashboard_factory=DefaultDashboardFactory(
                 self,
                 "Dashboards",

@@ -84,15 +84,20 @@ def normalize(template_text: str, hashes: set[str]) -> str:
     return json.dumps(template, indent=2, sort_keys=True) + "\n"
 
 
-def render() -> dict[str, str]:
-    """Normalized template text of every stage, keyed by stack id."""
-    with tempfile.TemporaryDirectory(prefix="resnet-snapshot-") as tmp:
-        outdir = Path(tmp)
-        raw = synthesize(outdir)
-        return {
-            stack_id: normalize(path.read_text(encoding="utf-8"), asset_hashes(outdir, stack_id))
-            for stack_id, path in raw.items()
-        }
+def render(outdir: Path | None = None) -> dict[str, str]:
+    """Normalized template text of every stage, keyed by stack id.
+
+    Synthesizes into ``outdir`` (kept, for callers that also want the raw assembly) or into
+    a temporary directory.
+    """
+    if outdir is None:
+        with tempfile.TemporaryDirectory(prefix="resnet-snapshot-") as tmp:
+            return render(Path(tmp))
+    raw = synthesize(outdir)
+    return {
+        stack_id: normalize(path.read_text(encoding="utf-8"), asset_hashes(outdir, stack_id))
+        for stack_id, path in raw.items()
+    }
 
 
 def stale(rendered: dict[str, str]) -> list[str]:
