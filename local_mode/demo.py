@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from classifier_client import ClassifierError, Client, RetryPolicy
+from model_export.errors import ExportError
 
 from .apispec import TemplateError, template_path
 from .console import stdout_to_file
@@ -27,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "build" / "model"
 DEFAULT_FUNCTION_LOG = REPO_ROOT / "build" / "local" / "function.log"
 WARM_REQUESTS = 10
+# Failures a user can act on: one line, non-zero exit, no traceback.
+USER_ERRORS = (ClassifierError, TemplateError, ExportError)
 BATCH_SIZE = 4  # within the function's batch limit (see docs/inference.md)
 
 
@@ -285,15 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say.stream = sys.stdout
         say("\nInterrupted: everything was stopped.")
         return 130
-    except (ClassifierError, TemplateError) as exc:
-        say.stream = sys.stdout
-        say(f"\nerror: {exc}")
-        return 1
-    except Exception as exc:
-        from model_export.errors import ExportError
-
-        if not isinstance(exc, ExportError):
-            raise
+    except USER_ERRORS as exc:
         say.stream = sys.stdout
         say(f"\nerror: {exc}")
         return 1

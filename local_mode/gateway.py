@@ -18,9 +18,11 @@ request timed out"} past the 29 s integration timeout.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import json
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -549,6 +551,28 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True  # server_close() joins request threads: nothing is left running
     gateway: LocalGateway
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def end_keep_alives(self) -> None:
+        """Let idle keep-alive connections see EOF now; a response in flight still completes."""
+        with self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RD)
+
 
 @dataclass
 class RunningGateway:
@@ -571,12 +595,15 @@ def serve_gateway(gateway: LocalGateway, port: int = 0) -> Iterator[RunningGatew
     """Serve on 127.0.0.1 (port 0: a free one) in a background thread; stop cleanly on exit."""
     server = _Server(("127.0.0.1", port), _HTTPHandler)
     server.gateway = gateway
-    thread = threading.Thread(target=server.serve_forever, name="local-gateway", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="local-gateway", daemon=True
+    )
     thread.start()
     try:
         host, bound_port = server.server_address[:2]
         yield RunningGateway(gateway=gateway, host=str(host), port=int(bound_port))
     finally:
         server.shutdown()
+        server.end_keep_alives()
         server.server_close()
         thread.join(timeout=10)
