@@ -116,6 +116,9 @@ class PredictFunction(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=self.log_group,
             role=self.role,
+            # Versions outlive the deploy that replaced them: `aws lambda update-alias` back to
+            # the previous version is the manual rollback, and it must still exist.
+            current_version_options=lambda_.VersionOptions(removal_policy=RemovalPolicy.RETAIN),
             description=f"ResNet18 ONNX classifier, model sha256 {model.sha256}",
             environment={
                 "MODEL_BUCKET": bucket.bucket_name,

@@ -1,0 +1,79 @@
+"""Small helpers over raw template JSON, shared by the infra tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def resources_of(raw_template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {
+        logical_id: resource
+        for logical_id, resource in raw_template["Resources"].items()
+        if resource["Type"] == resource_type
+    }
+
+
+def only(raw_template: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]]:
+    found = resources_of(raw_template, resource_type)
+    assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def logical_id_of(ref_or_getatt: Any) -> str:
+    """The logical ID in {"Ref": id} or {"Fn::GetAtt": [id, attr]}."""
+    if "Ref" in ref_or_getatt:
+        return str(ref_or_getatt["Ref"])
+    return str(ref_or_getatt["Fn::GetAtt"][0])
+
+
+# What each stage is meant to deploy, written out by hand (not read from stacks/config.py),
+# so a config edit that changes behaviour has to be acknowledged here too.
+EXPECTED: dict[str, dict[str, Any]] = {
+    "dev": {
+        "stack_id": "ResnetServingDev",
+        "memory_mb": 2048,
+        "timeout_s": 20,
+        "ephemeral_mb": 1024,
+        "reserved_concurrency": None,
+        "pc_min": None,
+        "pc_max": None,
+        "deployment_config": "CodeDeployDefault.LambdaAllAtOnce",
+        "throttle_rate": 5,
+        "throttle_burst": 10,
+        "quota_per_day": 5000,
+        "latency_slo_ms": 2000,
+        "api_5xx_rate": 0.05,
+        "errors_per_minute": 10,
+        "log_retention_days": 7,
+        "noncurrent_days": 3,
+        "deletion_policy": "Delete",
+        "service": "resnet-serving-dev",
+        "log_level": "DEBUG",
+    },
+    "prod": {
+        "stack_id": "ResnetServingProd",
+        "memory_mb": 3008,
+        "timeout_s": 20,
+        "ephemeral_mb": 1024,
+        "reserved_concurrency": 50,
+        "pc_min": 2,
+        "pc_max": 20,
+        "deployment_config": "CodeDeployDefault.LambdaCanary10Percent5Minutes",
+        "throttle_rate": 50,
+        "throttle_burst": 100,
+        "quota_per_day": 1_000_000,
+        "latency_slo_ms": 500,
+        "api_5xx_rate": 0.01,
+        "errors_per_minute": 5,
+        "log_retention_days": 90,
+        "noncurrent_days": 30,
+        "deletion_policy": "Retain",
+        "service": "resnet-serving-prod",
+        "log_level": "INFO",
+    },
+}
