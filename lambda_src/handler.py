@@ -200,11 +200,19 @@ def dispatch(runtime: Runtime, event: dict[str, Any], request_id: str) -> dict[s
         and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
     )
     runtime._in_invocation = True
+    started = time.perf_counter()
     try:
         path = api.route(event)
-        if path == "/health":
-            return health(runtime, cold_start)
-        return predict(runtime, event)
+        response = health(runtime, cold_start) if path == "/health" else predict(runtime, event)
+        logger.info(
+            "Request served",
+            extra={
+                "route": path,
+                "status": response["statusCode"],
+                "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+            },
+        )
+        return response
     except ApiError as error:
         logger.info(
             "Request refused",

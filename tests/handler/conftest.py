@@ -6,6 +6,8 @@ handler module imported (INIT) with a deployment-like environment, and fresh Run
 from __future__ import annotations
 
 import importlib
+import io
+import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,3 +118,11 @@ def invoke(handler_module, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dic
         return handler_module.handler(event, context or FakeContext())
 
     return call
+
+
+@pytest.fixture
+def log_records(handler_module, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict]]:
+    """The handler's structured (JSON) log lines written during the test."""
+    stream = io.StringIO()
+    monkeypatch.setattr(handler_module.logger.registered_handler, "stream", stream)
+    return lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line]
