@@ -90,12 +90,13 @@ def _client() -> Any:
 def _describe_error(exc: Exception, bucket: str) -> str:
     from botocore.exceptions import (
         ClientError,
-        EndpointConnectionError,
+        ConnectTimeoutError,
         NoCredentialsError,
         NoRegionError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    if isinstance(exc, EndpointConnectionError):
+    if isinstance(exc, BotoConnectionError | ConnectTimeoutError):
         return f"cannot reach the S3 endpoint ({exc}); check AWS_ENDPOINT_URL_S3 and the network"
     if isinstance(exc, NoCredentialsError):
         return "no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/SECRET)"

@@ -1,0 +1,134 @@
+"""Each --weights mode: imagenet (offline -> clear error), auto (falls back, says so), random
+(deterministic), and checkpoints (state_dict or a whole saved model, 10-class head + labels)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+from export_helpers import error_line, offline_env, run_cli, run_main, sha256_of
+from PIL import Image
+from torchvision.models import ResNet18_Weights
+
+from model_export import export_model
+from model_export.photos import photographs
+from model_export.weights import checkpoint_model, read_labels
+
+LABELS = [f"part-{index}" for index in range(10)]
+
+
+@pytest.fixture(scope="module")
+def ten_class_model() -> torch.nn.Module:
+    torch.manual_seed(7)
+    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+
+
+@pytest.fixture
+def labels_file(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(LABELS) + "\n\n", encoding="utf-8")
+    return path
+
+
+def test_imagenet_offline_fails_with_clear_message(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(["--weights", "imagenet", "--out", str(out)], offline_env(tmp_path / "th"))
+    line = error_line(result)
+    assert "ImageNet weights" in line
+    assert "--weights random" in line
+    assert "--weights PATH" in line
+    assert not (out / "model.onnx").exists()
+
+
+def test_auto_offline_exports_labelled_untrained_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in offline_env(tmp_path / "th").items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    result = run_main(["--weights", "auto", "--out", str(out)], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "UNTRAINED" in result.stderr  # said while it happens
+    assert "UNTRAINED" in result.stdout  # and in the report
+    assert "FP32 verification" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"]["trained"] is False
+    assert manifest["weights"]["source"] == "random"
+    assert any("--weights auto" in note and "UNTRAINED" in note for note in manifest["notes"])
+    assert manifest["sha256"] == sha256_of(out / "model.onnx")
+
+
+def test_random_export_is_deterministic(tmp_path: Path, fp32_model_dir: Path) -> None:
+    manifest = export_model("random", tmp_path / "again", seed=0, log=lambda _m: None)
+    assert manifest["sha256"] == sha256_of(fp32_model_dir / "model.onnx")
+    assert (tmp_path / "again" / "model.onnx").read_bytes() == (
+        fp32_model_dir / "model.onnx"
+    ).read_bytes()
+
+
+def test_state_dict_checkpoint_loads_ten_class_head_with_labels(
+    tmp_path: Path, ten_class_model: torch.nn.Module, labels_file: Path
+) -> None:
+    checkpoint = tmp_path / "finetuned.pt"
+    # Training scripts often wrap the weights and save them from nn.DataParallel ("module.").
+    wrapped = {f"module.{k}": v for k, v in ten_class_model.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": wrapped}, checkpoint)
+    loaded = checkpoint_model(checkpoint, read_labels(labels_file))
+    assert loaded.num_classes == 10
+    assert loaded.labels == LABELS
+    assert loaded.trained is True
+    assert loaded.checkpoint == "finetuned.pt"
+    assert loaded.checkpoint_sha256 == sha256_of(checkpoint)
+    expected = ten_class_model.state_dict()
+    got = loaded.model.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not loaded.model.training
+
+
+def test_checkpoint_without_labels_gets_placeholder_names(
+    tmp_path: Path, ten_class_model: torch.nn.Module
+) -> None:
+    checkpoint = tmp_path / "plain.pt"
+    torch.save(ten_class_model.state_dict(), checkpoint)
+    loaded = checkpoint_model(checkpoint)
+    assert loaded.labels == [f"class_{i}" for i in range(10)]
+    assert any("--labels" in note for note in loaded.notes)
+
+
+def test_whole_saved_model_checkpoint_via_cli(
+    tmp_path: Path, ten_class_model: torch.nn.Module, labels_file: Path
+) -> None:
+    checkpoint = tmp_path / "whole.pt"
+    torch.save(ten_class_model, checkpoint)  # the whole module, pickled
+    out = tmp_path / "out"
+    result = run_cli(
+        ["--weights", str(checkpoint), "--labels", str(labels_file), "--out", str(out), "--json"],
+        offline_env(tmp_path / "th"),
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    stored = json.loads((out / "manifest.json").read_text())
+    assert printed["sha256"] == stored["sha256"] == sha256_of(out / "model.onnx")
+    assert stored["labels"] == LABELS
+    assert stored["num_classes"] == 10
+    assert stored["output"]["shape"] == ["batch", 10]
+    assert stored["weights"]["source"] == "checkpoint"
+    assert stored["weights"]["trained"] is True
+    assert stored["weights"]["checkpoint_sha256"] == sha256_of(checkpoint)
+    assert stored["verification"]["fp32_vs_pytorch"]["top1_agreement"] == 1.0
+    # Parity with the test's own eager model, through torchvision's own preprocessing.
+    transform = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in photographs()])
+    with torch.inference_mode():
+        expected = ten_class_model(batch).numpy()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"input": batch.numpy()})
+    assert got.shape == (len(photographs()), 10)
+    assert np.abs(got - expected).max() <= 1e-3
+    assert (got.argmax(1) == expected.argmax(1)).all()
