@@ -1,0 +1,205 @@
+"""Safe rollouts (CodeDeploy), the dashboard, alarms and their SNS topic."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_cdk.assertions import Template
+from infra_helpers import EXPECTED, only, resources_of
+
+LIVE = {"Fn::Join": ["", [{"Ref": "PredictFunction"}, ":live"]]}
+
+
+def alarms(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {lid: r["Properties"] for lid, r in resources_of(raw, "AWS::CloudWatch::Alarm").items()}
+
+
+def alarm_on(raw: dict[str, Any], namespace: str, metric_name: str) -> tuple[str, dict[str, Any]]:
+    found = [
+        (lid, props)
+        for lid, props in alarms(raw).items()
+        for query in props["Metrics"]
+        if query["MetricStat"]["Metric"]["Namespace"] == namespace
+        and query["MetricStat"]["Metric"]["MetricName"] == metric_name
+    ]
+    assert len(found) == 1, f"expected one alarm on {namespace}/{metric_name}, got {found}"
+    return found[0]
+
+
+def metric_of(props: dict[str, Any]) -> dict[str, Any]:
+    (query,) = props["Metrics"]
+    return dict(query["MetricStat"])
+
+
+def dimensions(props: dict[str, Any]) -> dict[str, Any]:
+    return {d["Name"]: d["Value"] for d in metric_of(props)["Metric"]["Dimensions"]}
+
+
+def deployment_group(raw: dict[str, Any]) -> dict[str, Any]:
+    return dict(only(raw, "AWS::CodeDeploy::DeploymentGroup")[1]["Properties"])
+
+
+def topic_id(raw: dict[str, Any]) -> str:
+    return only(raw, "AWS::SNS::Topic")[0]
+
+
+# --- rollout ---------------------------------------------------------------------------
+
+
+def test_alias_updates_are_handed_to_codedeploy(raw: dict[str, Any]) -> None:
+    _, alias = only(raw, "AWS::Lambda::Alias")
+    group_id, _ = only(raw, "AWS::CodeDeploy::DeploymentGroup")
+    update = alias["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
+    assert update["DeploymentGroupName"] == {"Ref": group_id}
+
+
+def test_deployment_config_is_canary_in_prod_and_all_at_once_in_dev(
+    stage: str, raw: dict[str, Any]
+) -> None:
+    assert deployment_group(raw)["DeploymentConfigName"] == EXPECTED[stage]["deployment_config"]
+
+
+def test_deployment_rolls_back_on_failure_and_on_alarm(raw: dict[str, Any]) -> None:
+    rollback = deployment_group(raw)["AutoRollbackConfiguration"]
+    assert rollback["Enabled"] is True
+    assert "DEPLOYMENT_STOP_ON_ALARM" in rollback["Events"]
+    assert "DEPLOYMENT_FAILURE" in rollback["Events"]
+
+
+def test_deployment_watches_function_errors_latency_and_api_5xx_alarms(
+    raw: dict[str, Any],
+) -> None:
+    watched = {a["Name"]["Ref"] for a in deployment_group(raw)["AlarmConfiguration"]["Alarms"]}
+    assert deployment_group(raw)["AlarmConfiguration"]["Enabled"] is True
+    assert watched == {
+        alarm_on(raw, "AWS/Lambda", "Errors")[0],
+        alarm_on(raw, "AWS/Lambda", "Duration")[0],
+        alarm_on(raw, "AWS/ApiGateway", "5XXError")[0],
+        alarm_on(raw, "AWS/ApiGateway", "Latency")[0],
+    }
+
+
+# --- alarms ----------------------------------------------------------------------------
+
+
+def test_function_alarms_watch_alias_live(raw: dict[str, Any]) -> None:
+    for metric_name in ("Errors", "Throttles", "Duration"):
+        _, props = alarm_on(raw, "AWS/Lambda", metric_name)
+        assert dimensions(props)["Resource"] == LIVE
+
+
+def test_function_errors_alarm_uses_the_stage_threshold(stage: str, raw: dict[str, Any]) -> None:
+    _, props = alarm_on(raw, "AWS/Lambda", "Errors")
+    assert metric_of(props)["Stat"] == "Sum"
+    assert props["Threshold"] == EXPECTED[stage]["errors_per_minute"]
+    assert metric_of(props)["Period"] == 60
+
+
+def test_any_throttle_alarms(raw: dict[str, Any]) -> None:
+    _, props = alarm_on(raw, "AWS/Lambda", "Throttles")
+    assert props["Threshold"] == 0
+    assert props["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_duration_p99_alarms_at_80_percent_of_the_timeout(stage: str, raw: dict[str, Any]) -> None:
+    _, props = alarm_on(raw, "AWS/Lambda", "Duration")
+    assert metric_of(props)["Stat"] == "p99"
+    assert props["Threshold"] == EXPECTED[stage]["timeout_s"] * 1000 * 0.8
+
+
+def test_api_5xx_rate_alarm_uses_the_stage_threshold(stage: str, raw: dict[str, Any]) -> None:
+    _, props = alarm_on(raw, "AWS/ApiGateway", "5XXError")
+    # Average of the 0/1 5XXError metric is the fraction of requests that failed.
+    assert metric_of(props)["Stat"] == "Average"
+    assert props["Threshold"] == EXPECTED[stage]["api_5xx_rate"]
+    assert dimensions(props) == {"ApiName": f"{EXPECTED[stage]['stack_id']}-api", "Stage": "v1"}
+
+
+def test_api_latency_p99_alarm_is_the_stage_slo(stage: str, raw: dict[str, Any]) -> None:
+    _, props = alarm_on(raw, "AWS/ApiGateway", "Latency")
+    assert metric_of(props)["Stat"] == "p99"
+    assert props["Threshold"] == EXPECTED[stage]["latency_slo_ms"]
+
+
+def test_prod_alarms_on_provisioned_concurrency_spillover(synthesized: Any) -> None:
+    _, props = alarm_on(
+        synthesized.raw["prod"], "AWS/Lambda", "ProvisionedConcurrencySpilloverInvocations"
+    )
+    assert dimensions(props)["Resource"] == LIVE
+    assert props["Threshold"] == 10
+
+
+def test_dev_without_provisioned_concurrency_has_no_spillover_alarm(synthesized: Any) -> None:
+    names = {
+        query["MetricStat"]["Metric"]["MetricName"]
+        for props in alarms(synthesized.raw["dev"]).values()
+        for query in props["Metrics"]
+    }
+    assert names == {"Errors", "Throttles", "Duration", "5XXError", "Latency"}
+
+
+def test_every_alarm_notifies_the_topic_on_alarm_and_on_recovery(raw: dict[str, Any]) -> None:
+    topic = {"Ref": topic_id(raw)}
+    for props in alarms(raw).values():
+        assert props["AlarmActions"] == [topic]
+        assert props["OKActions"] == [topic]
+        assert props["ActionsEnabled"] is True
+
+
+def test_alarm_topic_rejects_non_tls_publishers(raw: dict[str, Any]) -> None:
+    topic = {"Ref": topic_id(raw)}
+    _, policy = only(raw, "AWS::SNS::TopicPolicy")
+    assert policy["Properties"]["Topics"] == [topic]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_no_email_subscription_without_a_configured_address(template: Template) -> None:
+    template.resource_count_is("AWS::SNS::Subscription", 0)
+
+
+# --- dashboard -------------------------------------------------------------------------
+
+
+def dashboard_body(raw: dict[str, Any]) -> str:
+    _, dashboard = only(raw, "AWS::CloudWatch::Dashboard")
+    body = dashboard["Properties"]["DashboardBody"]
+    parts = body["Fn::Join"][1] if isinstance(body, dict) else [body]
+    return "".join(part if isinstance(part, str) else json.dumps(part) for part in parts)
+
+
+def test_one_dashboard_per_stage(template: Template) -> None:
+    template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+
+
+def test_dashboard_shows_api_traffic_errors_and_latency_percentiles(raw: dict[str, Any]) -> None:
+    body = dashboard_body(raw)
+    for metric in ("Count", "4XXError", "5XXError", "Latency", "IntegrationLatency"):
+        assert f'"AWS/ApiGateway","{metric}"' in body, metric
+    for stat in ("p50", "p90", "p99"):
+        assert f'"stat":"{stat}"' in body
+
+
+def test_dashboard_shows_function_health_and_concurrency(raw: dict[str, Any]) -> None:
+    body = dashboard_body(raw)
+    for metric in (
+        "Invocations",
+        "Errors",
+        "Throttles",
+        "Duration",
+        "ConcurrentExecutions",
+        "ProvisionedConcurrencyUtilization",
+        "ProvisionedConcurrencySpilloverInvocations",
+    ):
+        assert f'"AWS/Lambda","{metric}"' in body, metric
+
+
+def test_dashboard_shows_the_functions_own_metrics_by_service(
+    stage: str, raw: dict[str, Any]
+) -> None:
+    body = dashboard_body(raw)
+    service = EXPECTED[stage]["service"]
+    for metric in ("ModelLoadMs", "InferenceMs", "ColdStart"):
+        assert f'"ResnetServing","{metric}","service","{service}"' in body, metric
