@@ -11,19 +11,20 @@ from .errors import ExportError
 
 if TYPE_CHECKING:
     from .export import export_model
-    from .publish import publish
+    from .publishing import publish
 
 __all__ = ["ExportError", "export_model", "publish"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import model_export.photos` (used by other areas' tests) must not pay for torch.
+    # No submodule shares a name with these functions, so an import cannot shadow them.
     if name == "export_model":
         from .export import export_model
 
         return export_model
     if name == "publish":
-        from .publish import publish
+        from .publishing import publish
 
         return publish
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> None:
         else:
             print(format_report(manifest, str(args.out / manifest["file"])))
     if args.upload:
-        from .publish import publish
+        from .publishing import publish
 
         print(f"publishing to {args.upload} ...", file=sys.stderr, flush=True)
         bucket, key = publish(args.out, args.upload)
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.upload:
         # A malformed URL must fail before a minute of exporting, not after.
-        from .publish import parse_s3_url
+        from .publishing import parse_s3_url
 
         try:
             parse_s3_url(args.upload)

@@ -18,7 +18,7 @@ from export_helpers import closed_port, error_line, offline_env, run_cli, run_ma
 
 import model_export.verify
 from model_export import ExportError, export_model
-from model_export.publish import parse_s3_url
+from model_export.publishing import parse_s3_url
 
 
 @pytest.fixture
