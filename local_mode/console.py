@@ -19,7 +19,7 @@ def stdout_to_file(path: Path) -> Iterator[TextIO]:
     sys.stdout.flush()
     saved_fd = os.dup(1)
     console = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
-    with path.open("ab") as log:
+    with path.open("wb") as log:  # one run per file, like a fresh log stream
         os.dup2(log.fileno(), 1)
         try:
             yield console

@@ -146,6 +146,8 @@ def run(args: argparse.Namespace, say: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = Console(sys.stdout)
+    # Explicit, because a shell's `cmd &` starts programs with SIGINT ignored.
+    signal.signal(signal.SIGINT, _terminate)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args, say)
