@@ -126,8 +126,9 @@ def parse_template(template: dict[str, Any], *, stack: str, source: str = "") ->
     def path_of(resource_ref: Any) -> tuple[str, str]:
         if isinstance(resource_ref, dict) and "Fn::GetAtt" in resource_ref:
             return "/", "root"
-        (logical,) = _refs(resource_ref) or {None}
-        if logical not in api_resources:
+        refs = _refs(resource_ref)
+        logical = next(iter(refs)) if len(refs) == 1 else None
+        if logical is None or logical not in api_resources:
             raise TemplateError(f"method points at unknown resource {resource_ref!r}")
         props = api_resources[logical]["Properties"]
         parent_path, _ = path_of(props["ParentId"])

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 LOCAL_REGION = "us-east-1"
 # moto accepts any credentials; fixed dummy values keep boto3 from searching ~/.aws or IMDS.
@@ -36,7 +37,7 @@ class LocalS3:
             "AWS_DEFAULT_REGION": self.region,
         }
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:
         import boto3
 
         return boto3.client(
