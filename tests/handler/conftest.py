@@ -113,8 +113,10 @@ def shared_runtime(handler_module):
 def invoke(handler_module, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, Any]]:
     """Call the real, decorated handler(event, context) against a chosen runtime."""
 
+    imported = handler_module.RUNTIME
+
     def call(event: dict[str, Any], runtime=None, context: FakeContext | None = None):
-        monkeypatch.setattr(handler_module, "RUNTIME", runtime or handler_module.RUNTIME)
+        monkeypatch.setattr(handler_module, "RUNTIME", runtime or imported)
         return handler_module.handler(event, context or FakeContext())
 
     return call

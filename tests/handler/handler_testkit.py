@@ -129,7 +129,7 @@ class PublishedModel:
 
 def ensure_published(model_dir: Path) -> PublishedModel:
     """Publish with model_export.publish (idempotent; survives another suite resetting moto)."""
-    from model_export.publish import publish
+    from model_export import publish
 
     client = s3_client()
     sha = sha256_of(model_dir / "model.onnx")
