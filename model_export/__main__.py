@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .errors import ExportError
 
-DEFAULT_OUT = Path("build/model")
+# The repository's build/model, wherever the command is run from (same as export_model's).
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "build" / "model"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         help="class names, one per line; the count must match the model's head",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="default: build/model"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="where model.onnx and manifest.json go. Default: build/model in the repository",
     )
     parser.add_argument("--quantize", choices=("none", "int8"), default="none")
     parser.add_argument(

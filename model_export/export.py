@@ -32,6 +32,8 @@ from .weights import (
 )
 
 MODEL_FILE = "model.onnx"
+# The repository's build/model, wherever the code is run from.
+DEFAULT_OUT_DIR = Path(__file__).resolve().parents[1] / "build" / "model"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 DEFAULT_CALIBRATION_LIMIT = 256
@@ -133,7 +135,7 @@ def _commit(work: Path, model: Path, manifest: dict[str, Any], out_dir: Path) ->
 
 def export_model(
     weights: str | Path = "random",
-    out_dir: str | Path = Path("build/model"),
+    out_dir: str | Path = DEFAULT_OUT_DIR,
     quantize: Quantize = "none",
     *,
     labels: str | Path | None = None,
