@@ -146,17 +146,19 @@ class ServingApi(Construct):
                 ],
             ),
         ]
+        suppressions.append(
+            NagPackSuppression(
+                id="AwsSolutions-COG4",
+                reason="Machine-to-machine API: callers hold an API key (and, with iam_auth, "
+                "SigV4 credentials); there are no end users to put in a Cognito user pool.",
+            )
+        )
         if not iam_auth:
-            suppressions += [
+            suppressions.append(
                 NagPackSuppression(
                     id="AwsSolutions-APIG4",
                     reason="Clients authenticate with an API key bound to a usage plan; set "
                     "iam_auth=True in the stage config to also require SigV4.",
-                ),
-                NagPackSuppression(
-                    id="AwsSolutions-COG4",
-                    reason="Machine-to-machine API: API keys (and optionally IAM), no Cognito "
-                    "user pool.",
-                ),
-            ]
+                )
+            )
         NagSuppressions.add_resource_suppressions(self.api, suppressions, apply_to_children=True)
