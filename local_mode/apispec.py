@@ -52,6 +52,7 @@ class ApiSpec:
     throttle_rate_rps: float | None = None  # usage plan steady-state rate
     throttle_burst: int | None = None
     quota: tuple[int, str] | None = None  # (limit, period) - reported, not enforced
+    access_log_format: str | None = None  # the stage's AccessLogSetting.Format
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -187,7 +188,7 @@ def parse_template(template: dict[str, Any], *, stack: str, source: str = "") ->
         )
     environment = {k: v for k, v in env_raw.items() if k not in LOCAL_OVERRIDES}
 
-    stage = _stage_name(resources, api_id)
+    stage, access_log_format = _stage(resources, api_id)
     rate = burst = quota = None
     plans = _of_type(resources, "AWS::ApiGateway::UsagePlan")
     if plans:
@@ -210,6 +211,7 @@ def parse_template(template: dict[str, Any], *, stack: str, source: str = "") ->
         throttle_rate_rps=rate,
         throttle_burst=burst,
         quota=quota,
+        access_log_format=access_log_format,
         source=source,
     )
 
@@ -244,10 +246,12 @@ def _integrated_function(resources: dict[str, Any], targets: set[str]) -> str:
     return functions.pop()
 
 
-def _stage_name(resources: dict[str, Any], api_id: str) -> str:
+def _stage(resources: dict[str, Any], api_id: str) -> tuple[str, str | None]:
+    """The stage name and its access log format."""
     for kind in ("AWS::ApiGateway::Stage", "AWS::ApiGateway::Deployment"):
         for _, res in sorted(_of_type(resources, kind).items()):
             props = res.get("Properties", {})
             if api_id in _refs(props.get("RestApiId")) and isinstance(props.get("StageName"), str):
-                return props["StageName"]
+                log_format = (props.get("AccessLogSetting") or {}).get("Format")
+                return props["StageName"], log_format if isinstance(log_format, str) else None
     raise TemplateError("no stage (AWS::ApiGateway::Stage with a StageName) for the REST API")

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import importlib
 import json
+import re
 import secrets
 import socket
 import sys
@@ -307,8 +308,55 @@ class TokenBucket:
 
 
 @dataclass(frozen=True)
+class GatewayFailure:
+    """One of API Gateway's own answers (a gateway response with its default status/message)."""
+
+    status: int
+    message: str
+    error_type: str  # the x-amzn-ErrorType header
+    response_type: str  # $context.error.responseType in access logs
+
+
+MISSING_TOKEN = GatewayFailure(
+    403,
+    "Missing Authentication Token",
+    "MissingAuthenticationTokenException",
+    "MISSING_AUTHENTICATION_TOKEN",
+)
+FORBIDDEN = GatewayFailure(403, "Forbidden", "ForbiddenException", "INVALID_API_KEY")
+THROTTLED = GatewayFailure(429, "Too Many Requests", "TooManyRequestsException", "THROTTLED")
+TOO_LARGE = GatewayFailure(413, "Request Too Long", "RequestTooLongException", "REQUEST_TOO_LARGE")
+INTERNAL = GatewayFailure(
+    502, "Internal server error", "InternalServerErrorException", "DEFAULT_5XX"
+)
+TIMED_OUT = GatewayFailure(
+    504, "Endpoint request timed out", "IntegrationTimeoutException", "INTEGRATION_TIMEOUT"
+)
+
+
+@dataclass
+class Outcome:
+    """What the gateway answers for one request, and what its access log would record."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    failure: GatewayFailure | None = None
+    resource_path: str | None = None
+    event: dict[str, Any] | None = None
+    integration_latency_ms: float | None = None
+    integration_status: int | None = None  # Lambda's Invoke status: 200 once it ran
+
+
+def gateway_error(failure: GatewayFailure, **details: Any) -> Outcome:
+    body = json.dumps({"message": failure.message}).encode()
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": failure.error_type}
+    return Outcome(failure.status, headers, body, failure=failure, **details)
+
+
+@dataclass(frozen=True)
 class AccessRecord:
-    """One line of what API Gateway's access log would hold."""
+    """One request as API Gateway's access log sees it; `context` holds $context values."""
 
     request_id: str
     method: str
@@ -316,23 +364,15 @@ class AccessRecord:
     status: int
     response_latency_ms: float
     integration_latency_ms: float | None
-    error: str | None = None
+    context: dict[str, str] = field(default_factory=dict)
 
 
-GatewayResponse = tuple[int, dict[str, str], bytes]
+_CONTEXT_VARIABLE = re.compile(r"\$context\.([A-Za-z0-9_.]+)")
 
 
-def gateway_error(status: int, message: str, error_type: str) -> GatewayResponse:
-    body = json.dumps({"message": message}).encode()
-    return status, {"Content-Type": "application/json", "x-amzn-ErrorType": error_type}, body
-
-
-MISSING_TOKEN = (403, "Missing Authentication Token", "MissingAuthenticationTokenException")
-FORBIDDEN = (403, "Forbidden", "ForbiddenException")
-THROTTLED = (429, "Too Many Requests", "TooManyRequestsException")
-TOO_LARGE = (413, "Request Too Long", "RequestTooLongException")
-INTERNAL = (502, "Internal server error", "InternalServerErrorException")
-TIMED_OUT = (504, "Endpoint request timed out", "IntegrationTimeoutException")
+def render_access_log(log_format: str, context: dict[str, str]) -> str:
+    """Fill the stage's access log format; API Gateway writes "-" for values it does not have."""
+    return _CONTEXT_VARIABLE.sub(lambda m: context.get(m.group(1), "-"), log_format)
 
 
 class LocalGateway:
@@ -368,32 +408,34 @@ class LocalGateway:
         body: bytes,
         source_ip: str,
         request_id: str,
-    ) -> tuple[GatewayResponse, float | None]:
-        """One request -> (status, headers, body) and the integration latency in ms."""
+    ) -> Outcome:
+        """One request -> the response API Gateway would send (checks in API Gateway's order)."""
         url = urlsplit(target)
         path = unquote(url.path)
         prefix = f"/{self.spec.stage}"
         if path != prefix and not path.startswith(prefix + "/"):
-            return gateway_error(*MISSING_TOKEN), None
+            return gateway_error(MISSING_TOKEN)
         resource_path = path[len(prefix) :] or "/"
         if len(resource_path) > 1:
             resource_path = resource_path.rstrip("/") or "/"
         route = self.spec.route(method, resource_path)
         if route is None:
-            return gateway_error(*MISSING_TOKEN), None
+            return gateway_error(MISSING_TOKEN)
+        known = {"resource_path": resource_path}
         sent_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
         if route.api_key_required and not (
             sent_key and secrets.compare_digest(sent_key, self.api_key)
         ):
-            return gateway_error(*FORBIDDEN), None
+            return gateway_error(FORBIDDEN, **known)
         if self.bucket is not None and not self.bucket.take():
-            return gateway_error(*THROTTLED), None
+            return gateway_error(THROTTLED, **known)
         missing = self._missing_parameters(route, headers, url.query)
         if missing:
             message = f"Missing required request parameters: [{', '.join(missing)}]"
-            return gateway_error(400, message, "BadRequestException"), None
+            failure = GatewayFailure(400, message, "BadRequestException", "BAD_REQUEST_PARAMETERS")
+            return gateway_error(failure, **known)
         if len(body) > API_PAYLOAD_LIMIT:
-            return gateway_error(*TOO_LARGE), None
+            return gateway_error(TOO_LARGE, **known)
         event = build_event(
             spec=self.spec,
             method=method,
@@ -406,7 +448,7 @@ class LocalGateway:
             api_key=sent_key if route.api_key_required else None,
         )
         if len(json.dumps(event)) > LAMBDA_INVOKE_LIMIT:
-            return gateway_error(*TOO_LARGE), None
+            return gateway_error(TOO_LARGE, event=event, **known)
         self.events_seen += 1
         start = time.perf_counter()
         try:
@@ -414,17 +456,20 @@ class LocalGateway:
         except Exception as exc:  # any function failure is a 502, as in AWS
             if self.on_function_error:
                 self.on_function_error(request_id, exc)
-            return gateway_error(*INTERNAL), (time.perf_counter() - start) * 1000
+            latency_ms = (time.perf_counter() - start) * 1000
+            return gateway_error(INTERNAL, event=event, integration_latency_ms=latency_ms, **known)
         latency_ms = (time.perf_counter() - start) * 1000
+        ran = {"event": event, "integration_latency_ms": latency_ms, "integration_status": 200}
         if latency_ms > INTEGRATION_TIMEOUT_S * 1000:
-            return gateway_error(*TIMED_OUT), latency_ms
+            return gateway_error(TIMED_OUT, **ran, **known)
         accept = next((v for k, v in headers if k.lower() == "accept"), None)
         response = self._proxy_response(result, accept)
         if response is None:
             if self.on_function_error:
                 self.on_function_error(request_id, ValueError("malformed Lambda proxy response"))
-            return gateway_error(*INTERNAL), latency_ms
-        return response, latency_ms
+            return gateway_error(INTERNAL, **ran, **known)
+        status, response_headers, payload = response
+        return Outcome(status, response_headers, payload, **ran, **known)  # type: ignore[arg-type]
 
     @staticmethod
     def _missing_parameters(route: Route, headers: list[tuple[str, str]], query: str) -> list[str]:
@@ -434,7 +479,9 @@ class LocalGateway:
             q for q in route.required_query if q not in names
         ]
 
-    def _proxy_response(self, result: Any, accept: str | None) -> GatewayResponse | None:
+    def _proxy_response(
+        self, result: Any, accept: str | None
+    ) -> tuple[int, dict[str, str], bytes] | None:
         """Validate and translate a Lambda proxy response; None when API Gateway would 502."""
         try:
             if len(json.dumps(result)) > LAMBDA_RESPONSE_LIMIT:
@@ -478,15 +525,15 @@ class _HTTPHandler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         gateway = self.server.gateway
         request_id = str(uuid.uuid4())
+        received = time.time()
         start = time.perf_counter()
         body = self._read_body()
         if body is None:
-            response: GatewayResponse = gateway_error(*TOO_LARGE)
-            integration_ms = None
+            outcome = gateway_error(TOO_LARGE)
             self.close_connection = True
         else:
             try:
-                response, integration_ms = gateway.handle(
+                outcome = gateway.handle(
                     self.command,
                     self.path,
                     list(self.headers.items()),
@@ -495,30 +542,70 @@ class _HTTPHandler(BaseHTTPRequestHandler):
                     request_id,
                 )
             except Exception as exc:  # the emulator must answer, never hang
-                response, integration_ms = gateway_error(*INTERNAL), None
+                outcome = gateway_error(INTERNAL)
                 if gateway.on_function_error:
                     gateway.on_function_error(request_id, exc)
-        status, headers, payload = response
-        self.send_response(status)
-        for k, v in headers.items():
+        self.send_response(outcome.status)
+        for k, v in outcome.headers.items():
             self.send_header(k, v)
         self.send_header("x-amzn-RequestId", request_id)
         self.send_header("x-amz-apigw-id", base64.b64encode(uuid.uuid4().bytes[:6]).decode())
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(len(outcome.body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            self.wfile.write(outcome.body)
         if gateway.on_access:
+            latency_ms = (time.perf_counter() - start) * 1000
             gateway.on_access(
                 AccessRecord(
                     request_id=request_id,
                     method=self.command,
                     path=self.path,
-                    status=status,
-                    response_latency_ms=(time.perf_counter() - start) * 1000,
-                    integration_latency_ms=integration_ms,
+                    status=outcome.status,
+                    response_latency_ms=latency_ms,
+                    integration_latency_ms=outcome.integration_latency_ms,
+                    context=self._access_context(outcome, request_id, received, latency_ms),
                 )
             )
+
+    def _access_context(
+        self, outcome: Outcome, request_id: str, received: float, latency_ms: float
+    ) -> dict[str, str]:
+        event = outcome.event or {}
+        ctx = event.get("requestContext", {})
+        trace = (event.get("headers") or {}).get("X-Amzn-Trace-Id", "")
+        values: dict[str, Any] = {
+            "requestId": request_id,
+            "extendedRequestId": ctx.get("extendedRequestId"),
+            "xrayTraceId": trace.removeprefix("Root=") or None,
+            "requestTime": _request_time(received),
+            "requestTimeEpoch": int(received * 1000),
+            "identity.sourceIp": self.client_address[0],
+            "identity.userAgent": self.headers.get("User-Agent"),
+            "identity.apiKeyId": ctx.get("identity", {}).get("apiKeyId"),
+            "httpMethod": self.command,
+            "resourcePath": outcome.resource_path,
+            "path": self.path.split("?", 1)[0],
+            "protocol": self.request_version,
+            "stage": self.server.gateway.spec.stage,
+            "status": outcome.status,
+            "responseLength": len(outcome.body),
+            "responseLatency": round(latency_ms),
+            "integration.status": outcome.integration_status,
+            "integration.latency": (
+                round(outcome.integration_latency_ms)
+                if outcome.integration_latency_ms is not None
+                else None
+            ),
+            "integrationLatency": (
+                round(outcome.integration_latency_ms)
+                if outcome.integration_latency_ms is not None
+                else None
+            ),
+            "error.message": outcome.failure.message if outcome.failure else None,
+            "error.responseType": outcome.failure.response_type if outcome.failure else None,
+        }
+        return {k: str(v) for k, v in values.items() if v is not None}
 
     def _read_body(self) -> bytes | None:
         """The request body, or None when it exceeds API Gateway's payload limit."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from .apispec import template_path
+from .apispec import load_spec, template_path
 from .console import stdout_to_file
 from .demo import (
     DEFAULT_MODEL_DIR,
@@ -27,7 +27,7 @@ from .demo import (
     ensure_model,
 )
 from .endpoint import local_endpoint
-from .gateway import AccessRecord
+from .gateway import AccessRecord, render_access_log
 
 DEFAULT_PORT = 3000  # what `sam local start-api` uses; pass --port 0 for any free port
 
@@ -66,10 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-throttle", action="store_true", help="ignore the usage plan's rate limit")
     p.add_argument(
+        "--short-access-log",
+        action="store_true",
+        help="one short line per request on stderr instead of the stage's JSON access log",
+    )
+    p.add_argument(
         "--ready-file",
         type=Path,
         default=None,
-        help="when ready, write {endpoint, api_key} as JSON here (for scripts/tests)",
+        help="when ready, write {endpoint, api_key, s3_endpoint} as JSON here (for scripts)",
     )
     return p
 
@@ -88,21 +93,17 @@ def _logs(path: Path | None) -> Iterator[TextIO]:
 
 
 def run(args: argparse.Namespace, say: Console) -> int:
+    log_format = None if args.short_access_log else load_spec(args.template).access_log_format
     manifest = ensure_model(args.model_dir, args.weights, False, say)
     describe_weights(manifest, say)
 
     def access(record: AccessRecord) -> None:
-        integration = (
-            f", function {record.integration_latency_ms:.0f} ms"
-            if record.integration_latency_ms is not None
-            else ""
-        )
-        print(
-            f"{record.method} {record.path} -> {record.status} "
-            f"({record.response_latency_ms:.0f} ms{integration})",
-            file=sys.stderr,
-            flush=True,
-        )
+        # The stage's own access log format, filled in, as CloudWatch would receive it.
+        if log_format:
+            line = render_access_log(log_format, record.context)
+        else:
+            line = f"{record.method} {record.path} -> {record.status}"
+        print(line, file=sys.stderr, flush=True)
 
     with (
         _logs(args.function_log) as terminal,

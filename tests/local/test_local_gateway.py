@@ -16,7 +16,13 @@ import pytest
 import requests
 
 from local_mode.apispec import LOCAL_OVERRIDES, ApiSpec, load_spec
-from local_mode.gateway import FunctionRuntime, LocalGateway, serve_gateway
+from local_mode.gateway import (
+    AccessRecord,
+    FunctionRuntime,
+    LocalGateway,
+    render_access_log,
+    serve_gateway,
+)
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 KEY = "test-api-key-0123456789abcdef"
@@ -405,3 +411,25 @@ def test_failed_init_is_a_502_and_the_next_request_retries_it(spec, tmp_path):
     assert second.status_code == 200
     assert second.text == "Flaky 1024 from-env"
     assert runtime.init_ms is not None
+
+
+def test_access_log_lines_follow_the_stages_format(spec):
+    assert spec.access_log_format, "the stage declares a JSON access log format"
+    records: list[AccessRecord] = []
+    with _serve_with(spec, Recorder(), throttle=False, on_access=records.append) as running:
+        ok = requests.get(running.endpoint + "health", headers={"x-api-key": KEY}, timeout=10)
+        denied = requests.get(running.endpoint + "health", timeout=10)
+    lines = [json.loads(render_access_log(spec.access_log_format, r.context)) for r in records]
+    by_id = {line["requestId"]: line for line in lines}
+    served = by_id[ok.headers["x-amzn-RequestId"]]
+    refused = by_id[denied.headers["x-amzn-RequestId"]]
+    assert (served["httpMethod"], served["resourcePath"], served["status"]) == (
+        "GET",
+        "/health",
+        "200",
+    )
+    assert served["ip"] == "127.0.0.1"
+    assert served["integrationStatus"] == "200"
+    assert (refused["status"], refused["errorMessage"]) == ("403", "Forbidden")
+    assert refused["errorType"] == "INVALID_API_KEY"
+    assert refused["integrationStatus"] == "-"  # the function never ran
