@@ -134,7 +134,7 @@ class PredictFunction(Construct):
         assert isinstance(cfn_function, lambda_.CfnFunction)
         cfn_function.override_logical_id(FUNCTION_LOGICAL_ID)
         NagSuppressions.add_resource_suppressions(
-            self.role,
+            self.role.node.find_child("DefaultPolicy"),
             [
                 NagPackSuppression(
                     id="AwsSolutions-IAM5",
@@ -143,7 +143,6 @@ class PredictFunction(Construct):
                     applies_to=["Resource::*"],
                 )
             ],
-            apply_to_children=True,
         )
 
         self.alias = lambda_.Alias(

@@ -42,7 +42,7 @@ class Rollout(Construct):
             ),
         )
         NagSuppressions.add_resource_suppressions(
-            self.deployment_group,
+            self.deployment_group.role,
             [
                 NagPackSuppression(
                     id="AwsSolutions-IAM4",
@@ -54,5 +54,4 @@ class Rollout(Construct):
                     ],
                 )
             ],
-            apply_to_children=True,
         )

@@ -129,36 +129,50 @@ class ServingApi(Construct):
         )
         self.usage_plan.add_api_key(self.api_key)
 
-        suppressions = [
-            NagPackSuppression(
-                id="AwsSolutions-APIG3",
-                reason="No WAF: the API only accepts keyed requests under a per-key throttle "
-                "and quota; attach a WebACL per environment if the endpoint faces the open "
-                "internet at scale.",
-            ),
-            NagPackSuppression(
-                id="AwsSolutions-IAM4",
-                reason="AmazonAPIGatewayPushToCloudWatchLogs is the AWS-documented policy of the "
-                "account-level API Gateway logging role.",
-                applies_to=[
-                    "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-                    "AmazonAPIGatewayPushToCloudWatchLogs"
-                ],
-            ),
-        ]
-        suppressions.append(
+        self._suppress_findings(iam_auth=iam_auth)
+
+    def _suppress_findings(self, *, iam_auth: bool) -> None:
+        """Each suppression on the one resource its rule flags."""
+        NagSuppressions.add_resource_suppressions(
+            self.api.deployment_stage,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-APIG3",
+                    reason="No WAF: every request needs an API key and is held to its usage "
+                    "plan's throttle and quota; attach a WebACL to the stage when the endpoint "
+                    "faces untrusted traffic at scale.",
+                )
+            ],
+        )
+        cloud_watch_role = self.api.node.find_child("CloudWatchRole")
+        NagSuppressions.add_resource_suppressions(
+            cloud_watch_role,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-IAM4",
+                    reason="AmazonAPIGatewayPushToCloudWatchLogs is the AWS-documented policy of "
+                    "the account-level API Gateway logging role.",
+                    applies_to=[
+                        "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                        "AmazonAPIGatewayPushToCloudWatchLogs"
+                    ],
+                )
+            ],
+        )
+        method_findings = [
             NagPackSuppression(
                 id="AwsSolutions-COG4",
                 reason="Machine-to-machine API: callers hold an API key (and, with iam_auth, "
                 "SigV4 credentials); there are no end users to put in a Cognito user pool.",
             )
-        )
+        ]
         if not iam_auth:
-            suppressions.append(
+            method_findings.append(
                 NagPackSuppression(
                     id="AwsSolutions-APIG4",
                     reason="Clients authenticate with an API key bound to a usage plan; set "
                     "iam_auth=True in the stage config to also require SigV4.",
                 )
             )
-        NagSuppressions.add_resource_suppressions(self.api, suppressions, apply_to_children=True)
+        for method in (self.predict_method, self.health_method):
+            NagSuppressions.add_resource_suppressions(method, method_findings)
