@@ -236,6 +236,7 @@ def export_model(
             proto = onnx.load(str(int8_path))
             onnx_export.set_metadata(proto, {**metadata, "quantization": "int8"})
             onnx_export.save_single_file(proto, int8_path)
+            log("      verifying INT8 against FP32 and measuring the speed-up ...")
             int8_report = verify.verify_int8(
                 fp32_path,
                 int8_path,

@@ -54,6 +54,7 @@ def test_auto_offline_exports_labelled_untrained_model(
     result = run_main(["--weights", "auto", "--out", str(out)], capsys)
     assert result.returncode == 0, result.stderr
     assert "UNTRAINED" in result.stderr  # said while it happens
+    assert "[2/4] exporting to ONNX" in result.stderr  # progress on the long step
     assert "UNTRAINED" in result.stdout  # and in the report
     assert "FP32 verification" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
