@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from classifier_client import ClassifierError, Client, RetryPolicy
@@ -279,9 +281,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = Console(sys.stdout)
+    # Ctrl-C and `kill` both unwind through the context managers that stop every server, even
+    # when a shell started us with SIGINT ignored (`make demo &`).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args, say)
     except KeyboardInterrupt:

@@ -653,6 +653,12 @@ class _Server(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-response (Ctrl-C, a timeout) is not the gateway's error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def end_keep_alives(self) -> None:
         """Let idle keep-alive connections see EOF now; a response in flight still completes."""
         with self._connections_lock:

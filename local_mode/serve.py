@@ -12,7 +12,6 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 from .apispec import load_spec, template_path
@@ -21,6 +20,7 @@ from .demo import (
     DEFAULT_MODEL_DIR,
     USER_ERRORS,
     Console,
+    _interrupt,
     _rel,
     describe_endpoint,
     describe_weights,
@@ -77,10 +77,6 @@ def _parser() -> argparse.ArgumentParser:
         help="when ready, write {endpoint, api_key, s3_endpoint} as JSON here (for scripts)",
     )
     return p
-
-
-def _terminate(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -148,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = Console(sys.stdout)
     # Explicit, because a shell's `cmd &` starts programs with SIGINT ignored.
-    signal.signal(signal.SIGINT, _terminate)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args, say)
     except KeyboardInterrupt:

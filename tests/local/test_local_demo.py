@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -97,3 +98,38 @@ def test_demo_with_a_missing_template_fails_with_one_clear_line(fp32_model_dir, 
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("error: ")
     assert "absent.template.json not found" in last
+
+
+def test_ctrl_c_during_the_demo_stops_every_server(fp32_model_dir, stack_template, tmp_path):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "local_mode.demo",
+            "--model-dir",
+            str(fp32_model_dir),
+            "--template",
+            str(stack_template),
+            "--function-log",
+            str(tmp_path / "function.log"),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    for line in process.stdout:  # interrupt while it is classifying
+        seen.append(line)
+        if line.startswith("[3/5]"):
+            process.send_signal(signal.SIGINT)
+            break
+    rest, _ = process.communicate(timeout=60)
+    out = "".join(seen) + rest
+    assert process.returncode == 130, out
+    assert "Interrupted: everything was stopped." in out
+    assert "Traceback" not in out
+    urls = set(re.findall(r"(http://127\.0\.0\.1:\d+)", out))
+    assert len(urls) >= 2
+    assert all(port_is_closed(url + "/") for url in urls)
