@@ -71,7 +71,7 @@ def ensure_model(model_dir: Path, weights: str, fresh: bool, say: Console) -> di
     manifest = None if fresh else reusable_manifest(model_dir)
     if manifest is not None:
         say(f"  Reusing {_rel(model_dir)} (model.onnx matches its manifest's sha256).")
-        say("  (`make demo` with a fresh export: delete build/model or pass --fresh.)")
+        say("  (To export again: `python -m local_mode.demo --fresh`, or delete the directory.)")
         return manifest
     say(f"  Exporting ResNet18 to {_rel(model_dir)} with weights={weights} (about a minute) ...")
     from model_export import export_model
@@ -94,10 +94,14 @@ def describe_weights(manifest: dict[str, Any], say: Console) -> bool:
     if trained:
         say(f"  Weights: pretrained ({weights.get('source')}).")
     else:
-        say("  Weights: UNTRAINED (random) - the pretrained weights could not be downloaded.")
+        say(
+            f"  Weights: UNTRAINED ({weights.get('source')}, seed {weights.get('seed')}) - the "
+            "pretrained ones were not available"
+        )
+        say("    (no network access to download them, or an explicit --weights random).")
         say("    The labels are ImageNet's, but the predictions below are meaningless: this")
         say("    demo shows the serving path, not accuracy. With network access, run")
-        say("    `make model WEIGHTS=imagenet` (or delete build/model) and `make demo` again.")
+        say("    `make model WEIGHTS=imagenet`, then `make demo` again.")
     return trained
 
 
