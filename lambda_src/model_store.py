@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,14 +293,3 @@ def load_model(
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
-
-
-@contextlib.contextmanager
-def stopwatch() -> Iterator[Callable[[], float]]:
-    """``with stopwatch() as elapsed: ...; elapsed()`` -> milliseconds."""
-    started = time.perf_counter()
-    end: list[float] = []
-    try:
-        yield lambda: ((end[0] if end else time.perf_counter()) - started) * 1000.0
-    finally:
-        end.append(time.perf_counter())
