@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from local_mode.apispec import LOCAL_OVERRIDES, ApiSpec, load_spec
+from local_mode.apispec import LOCAL_OVERRIDES, ApiSpec, TemplateError, load_spec, parse_template
 from local_mode.gateway import (
     AccessRecord,
     FunctionRuntime,
@@ -433,3 +433,43 @@ def test_access_log_lines_follow_the_stages_format(spec):
     assert (refused["status"], refused["errorMessage"]) == ("403", "Forbidden")
     assert refused["errorType"] == "INVALID_API_KEY"
     assert refused["integrationStatus"] == "-"  # the function never ran
+
+
+def test_an_unresolvable_function_variable_stops_local_mode(template, spec):
+    changed = json.loads(json.dumps(template))
+    function = changed["Resources"][spec.function_logical_id]["Properties"]
+    function["Environment"]["Variables"]["TABLE_NAME"] = {"Ref": "SomeTable"}
+    with pytest.raises(TemplateError, match=r"\['TABLE_NAME'\] are CloudFormation expressions"):
+        parse_template(changed, stack="Changed")
+
+
+def test_a_route_added_to_the_template_is_served(template, spec):
+    changed = json.loads(json.dumps(template))
+    resources = changed["Resources"]
+    predict_method = next(
+        r
+        for r in resources.values()
+        if r["Type"] == "AWS::ApiGateway::Method" and r["Properties"]["HttpMethod"] == "POST"
+    )
+    api_ref = predict_method["Properties"]["RestApiId"]
+    resources["LabelsResource"] = {
+        "Type": "AWS::ApiGateway::Resource",
+        "Properties": {
+            "ParentId": predict_method["Properties"]["ResourceId"],
+            "PathPart": "labels",
+            "RestApiId": api_ref,
+        },
+    }
+    resources["LabelsGet"] = {
+        "Type": "AWS::ApiGateway::Method",
+        "Properties": {
+            **predict_method["Properties"],
+            "HttpMethod": "GET",
+            "ApiKeyRequired": False,
+            "ResourceId": {"Ref": "LabelsResource"},
+        },
+    }
+    added = parse_template(changed, stack="Changed").route("GET", "/predict/labels")
+    assert added is not None
+    assert added.api_key_required is False
+    assert spec.route("GET", "/predict/labels") is None
