@@ -21,7 +21,7 @@ import onnx
 from . import onnx_export, verify
 from .errors import ExportError, WeightsUnavailable
 from .photos import photographs
-from .preprocess import PREPROCESSING, image_files, preprocess
+from .preprocess import PREPROCESSING, image_files, load_image, preprocess
 from .weights import (
     MODEL_NAME,
     LoadedModel,
@@ -171,7 +171,8 @@ def export_model(
                 f"{len(calibration_images)} images from --calibration-dir "
                 f"{Path(calibration_dir).name}/"
             )
-            preprocess(calibration_images)  # decodes each one: fail now on a corrupt file
+            for path in calibration_images:
+                load_image(path)  # fail now on a corrupt file, not after the export
         else:
             calibration_images = photographs()
             calibration_desc = (

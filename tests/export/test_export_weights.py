@@ -46,7 +46,10 @@ def test_imagenet_offline_fails_with_clear_message(tmp_path: Path) -> None:
 
 
 def test_auto_offline_exports_labelled_untrained_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fp32_model_dir: Path,
 ) -> None:
     for key, value in offline_env(tmp_path / "th").items():
         monkeypatch.setenv(key, value)
@@ -62,6 +65,8 @@ def test_auto_offline_exports_labelled_untrained_model(
     assert manifest["weights"]["source"] == "random"
     assert any("--weights auto" in note and "UNTRAINED" in note for note in manifest["notes"])
     assert manifest["sha256"] == sha256_of(out / "model.onnx")
+    # The fallback is exactly the seeded random model the session fixture exported.
+    assert manifest["sha256"] == sha256_of(fp32_model_dir / "model.onnx")
 
 
 def test_random_export_is_deterministic(tmp_path: Path, fp32_model_dir: Path) -> None:
