@@ -88,6 +88,14 @@ class ServingMonitoring(Construct):
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
 
+        dashboards = DefaultDashboardFactory(
+            self,
+            "Dashboards",
+            dashboard_name_prefix=stack_name,
+            create_dashboard=True,
+            create_summary_dashboard=False,
+            create_alarm_dashboard=False,
+        )
         self.facade = MonitoringFacade(
             self,
             "Facade",
@@ -103,14 +111,7 @@ class ServingMonitoring(Construct):
             # One-minute datapoints everywhere (the library's default is five): alarms must
             # fire within a 5-minute canary.
             metric_factory_defaults=MetricFactoryDefaults(period=Duration.minutes(1)),
-            dashboard_factory=DefaultDashboardFactory(
-                self,
-                "Dashboards",
-                dashboard_name_prefix=stack_name,
-                create_dashboard=True,
-                create_summary_dashboard=False,
-                create_alarm_dashboard=False,
-            ),
+            dashboard_factory=dashboards,
         )
 
         self.facade.add_large_header(f"{stack_name}: API Gateway")
@@ -229,6 +230,8 @@ class ServingMonitoring(Construct):
             ],
         )
 
+        assert dashboards.dashboard is not None
+        self.dashboard_name = dashboards.dashboard.dashboard_name
         self.alarms = [entry.alarm for entry in self.facade.created_alarms()]
 
     def alarms_named(self, *fragments: str) -> list[cloudwatch.IAlarm]:

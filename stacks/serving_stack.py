@@ -115,6 +115,12 @@ class ServingStack(Stack):
         CfnOutput(self, "ModelKey", value=model.key)
         CfnOutput(self, "FunctionName", value=predict.function.function_name)
         CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)
+        CfnOutput(
+            self,
+            "DashboardUrl",
+            value=f"https://console.aws.amazon.com/cloudwatch/home?region={self.region}"
+            f"#dashboards:name={monitoring.dashboard_name}",
+        )
         self.store = store
         self.predict = predict
         self.api = api

@@ -203,3 +203,10 @@ def test_dashboard_shows_the_functions_own_metrics_by_service(
     service = EXPECTED[stage]["service"]
     for metric in ("ModelLoadMs", "InferenceMs", "ColdStart"):
         assert f'"ResnetServing","{metric}","service","{service}"' in body, metric
+
+
+def test_dashboard_url_is_an_output(raw: dict[str, Any]) -> None:
+    dashboard_id, _ = only(raw, "AWS::CloudWatch::Dashboard")
+    parts = raw["Outputs"]["DashboardUrl"]["Value"]["Fn::Join"][1]
+    assert parts[0].startswith("https://console.aws.amazon.com/cloudwatch/")
+    assert {"Ref": dashboard_id} in parts
