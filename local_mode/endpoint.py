@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .apispec import ApiSpec, load_spec
+from .apispec import ApiSpec, TemplateError, load_spec
 from .gateway import (
     LAMBDA_SRC,
     AccessRecord,
@@ -71,6 +71,16 @@ def function_environment(
     }
 
 
+def image_handler(dockerfile: Path = LAMBDA_SRC / "Dockerfile") -> str:
+    """The handler the image runs ("module.function"), from the Dockerfile's exec-form CMD."""
+    for line in reversed(dockerfile.read_text().splitlines()):
+        if line.strip().upper().startswith("CMD"):
+            command = json.loads(line.strip()[3:].strip())
+            if isinstance(command, list) and len(command) == 1 and "." in command[0]:
+                return str(command[0])
+    raise TemplateError(f'{dockerfile} has no CMD ["module.function"] to run')
+
+
 def read_manifest(model_dir: Path) -> dict[str, object]:
     return json.loads((model_dir / "manifest.json").read_text())
 
@@ -108,6 +118,7 @@ def local_endpoint(
             function_name=f"{spec.stack}-{spec.function_logical_id}",
             memory_mb=spec.memory_mb,
             timeout_s=spec.timeout_s,
+            handler=image_handler(),
         )
         stack.callback(runtime.close)
         key_value = api_key or secrets.token_urlsafe(30)

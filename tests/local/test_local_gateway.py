@@ -473,3 +473,14 @@ def test_a_route_added_to_the_template_is_served(template, spec):
     assert added is not None
     assert added.api_key_required is False
     assert spec.route("GET", "/predict/labels") is None
+
+
+def test_the_runtime_calls_the_handler_named_by_the_images_cmd(tmp_path):
+    from local_mode.endpoint import image_handler
+
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text('FROM base\nCMD ["first.handler"]\nCMD ["app.main"]\n')
+    assert image_handler(dockerfile) == "app.main"  # the last CMD wins, as in Docker
+    dockerfile.write_text("FROM base\n")
+    with pytest.raises(TemplateError, match="no CMD"):
+        image_handler(dockerfile)
