@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zipfile
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,19 +142,20 @@ def _load_checkpoint_object(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         # weights_only refuses any class outside the allow-list instead of executing it.
         detail = str(exc)
-        marker = "Unsupported global: GLOBAL "
-        if marker in detail:
-            name = detail.split(marker, 1)[1].split()[0]
+        if "Weights only load failed" in detail:
+            found = re.search(r"GLOBAL ([\w.]+)", detail)
+            needs = found.group(1) if found else "a class"
             raise ExportError(
-                f"checkpoint {path} is a pickled object that needs {name}, which is not part of "
-                "a torchvision ResNet18; loading it would run arbitrary code, so save "
-                "model.state_dict() instead"
+                f"checkpoint {path} is a pickle that needs {needs}, which is not part of a "
+                "state_dict or a torchvision ResNet18; loading it would run arbitrary code, so "
+                "save model.state_dict() instead"
             ) from exc
         raise ExportError(f"cannot read checkpoint {path}: not a valid PyTorch file") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # torch.load fails on arbitrary bytes with any exception type
+        detail = str(exc).split(". ")[0].splitlines()[0] if str(exc) else ""
         raise ExportError(
-            f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({first_line})"
+            f"cannot read checkpoint {path}: corrupt or not a PyTorch file "
+            f"({type(exc).__name__}: {detail[:160]})"
         ) from exc
 
 

@@ -56,6 +56,21 @@ def test_corrupt_checkpoint(tmp_path: Path, fails: Callable[[list[str]], str]) -
     assert "corrupt or not a PyTorch file" in line
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, not a checkpoint\n", b"\x80\x02}q\x00", b""],
+    ids=["text", "truncated-legacy-pickle", "empty"],
+)
+def test_non_pytorch_files(
+    tmp_path: Path, fails: Callable[[list[str]], str], content: bytes
+) -> None:
+    checkpoint = tmp_path / "weird.pt"
+    checkpoint.write_bytes(content)
+    line = fails(["--weights", str(checkpoint)])
+    assert "weird.pt" in line
+    assert "corrupt or not a PyTorch file" in line or "not a valid PyTorch file" in line
+
+
 def test_truncated_checkpoint(tmp_path: Path, fails: Callable[[list[str]], str]) -> None:
     good = tmp_path / "good.pt"
     torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), good)
@@ -63,6 +78,7 @@ def test_truncated_checkpoint(tmp_path: Path, fails: Callable[[list[str]], str])
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     line = fails(["--weights", str(truncated)])
     assert "truncated.pt" in line
+    assert "corrupt or not a PyTorch file" in line
 
 
 def test_other_architecture_state_dict(tmp_path: Path, fails: Callable[[list[str]], str]) -> None:

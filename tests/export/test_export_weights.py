@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from export_helpers import error_line, offline_env, run_cli, run_main, sha256_of
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from model_export import export_model
+from model_export import ExportError, export_model
+from model_export.export import load_weights
 from model_export.photos import photographs
 from model_export.weights import checkpoint_model, read_labels
 
@@ -138,3 +140,42 @@ def test_whole_saved_model_checkpoint_via_cli(
     assert got.shape == (len(photographs()), 10)
     assert np.abs(got - expected).max() <= 1e-3
     assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_imagenet_and_auto_use_the_pretrained_weights_when_they_can_be_fetched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The online branch, with torchvision's downloader replaced (this machine has no internet)."""
+    import torchvision.models._api
+
+    torch.manual_seed(3)
+    published = torchvision.models.resnet18(weights=None).state_dict()
+    requested: list[str] = []
+
+    def fake_download(url: str, *args: object, **kwargs: object) -> dict:
+        requested.append(url)
+        return published
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
+    for mode in ("imagenet", "auto"):
+        loaded = load_weights(mode, None, 0, log=lambda _m: None)
+        assert loaded.trained is True
+        assert loaded.source == "imagenet:IMAGENET1K_V1"
+        assert loaded.labels == ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+        assert loaded.notes == ()
+        assert torch.equal(loaded.model.state_dict()["fc.weight"], published["fc.weight"])
+    assert requested == [ResNet18_Weights.IMAGENET1K_V1.url] * 2
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    checkpoint = tmp_path / "evil.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "extra": Payload()}, checkpoint)
+    with pytest.raises(ExportError, match="would run arbitrary code"):
+        checkpoint_model(checkpoint)
+    assert not marker.exists()
