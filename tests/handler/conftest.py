@@ -67,10 +67,9 @@ def handler_module(
         mp.setenv("MODEL_KEY", published.key)
         mp.setenv("MODEL_SHA256", published.sha256)
         mp.setenv("MODEL_CACHE_DIR", str(cache))
-        if "handler" in sys.modules:  # another area imported it with its own environment
-            module = importlib.reload(sys.modules["handler"])
-        else:
-            module = importlib.import_module("handler")
+        # A fresh INIT even if another area's tests imported the module with their environment.
+        sys.modules.pop("handler", None)
+        module = importlib.import_module("handler")
     return module
 
 
@@ -94,7 +93,10 @@ def make_runtime(handler_module, tmp_path: Path) -> Callable[..., Any]:
             sha256=sha256 or published.sha256,
             cache_dir=cache_dir or tmp_path / "model-cache",
         )
-        runtime = handler_module.Runtime(config, s3_client_factory=s3 or CountingS3())
+        s3 = s3 or CountingS3()
+        if isinstance(s3, CountingS3) and s3.inner is None:
+            s3.inner = handler_module._default_s3_client
+        runtime = handler_module.Runtime(config, s3_client_factory=s3)
         if load:
             runtime.try_load()
         return runtime

@@ -146,9 +146,13 @@ def ensure_published(model_dir: Path) -> PublishedModel:
 
 
 class CountingS3:
-    """A real boto3 S3 client factory that counts the GetObject calls it makes."""
+    """A real boto3 S3 client factory that counts the GetObject calls it makes.
 
-    def __init__(self) -> None:
+    ``inner`` builds the client (the handler's own factory when set by make_runtime).
+    """
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner
         self.get_object_calls = 0
         self.clients_created = 0
 
@@ -156,9 +160,7 @@ class CountingS3:
         self.get_object_calls += 1
 
     def __call__(self) -> Any:
-        import handler
-
-        client = handler._default_s3_client()
+        client = self.inner() if self.inner else boto3.client("s3")
         client.meta.events.register("before-call.s3.GetObject", self._count)
         self.clients_created += 1
         return client

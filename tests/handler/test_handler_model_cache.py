@@ -12,6 +12,9 @@ from handler_testkit import CountingS3, body_of, predict_event, s3_client, sha25
 import model_store
 from model_store import Config
 
+# /health flushes no application metric; Powertools warns about that on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
 
 @pytest.fixture
 def jpeg_bytes() -> bytes:

@@ -317,10 +317,8 @@ def test_logs_and_metrics_carry_request_context(invoke, capsys, log_records):
 
 
 def test_model_load_and_cold_start_metrics(
-    make_runtime, fp32_published, invoke, capsys, monkeypatch
+    make_runtime, fp32_published, invoke, capsys, monkeypatch, handler_module
 ):
-    import handler
-
     # A fresh environment: reset Powertools' cold-start marker the way a new process would.
     monkeypatch.setattr("aws_lambda_powertools.metrics.provider.cold_start.is_cold_start", True)
     runtime = make_runtime(fp32_published)
@@ -335,7 +333,7 @@ def test_model_load_and_cold_start_metrics(
     }
     cold, cold_directive = by_name["ColdStart"]
     assert cold["ColdStart"] == [1.0]
-    assert cold_directive["Namespace"] == handler.NAMESPACE == "ResnetServingTest"
+    assert cold_directive["Namespace"] == handler_module.NAMESPACE == "ResnetServingTest"
     load, _ = by_name["ModelLoadMs"]
     # Runtimes built without an invocation in earlier tests flush their values here too.
     assert pytest.approx(runtime.load_timings.total_ms) in load["ModelLoadMs"]
