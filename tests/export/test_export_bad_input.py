@@ -134,6 +134,31 @@ def test_labels_mismatch_for_random_thousand_class_head(
     assert "1000" in line
 
 
+def test_missing_labels_file(tmp_path: Path, fails: Callable[[list[str]], str]) -> None:
+    line = fails(["--weights", "random", "--labels", str(tmp_path / "labels.txt")])
+    assert "labels file" in line
+    assert "does not exist" in line
+
+
+def test_labels_file_with_duplicates(tmp_path: Path, fails: Callable[[list[str]], str]) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\ncat\n")
+    line = fails(["--weights", "random", "--labels", str(labels)])
+    assert "repeats class names: cat" in line
+
+
+def test_output_path_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in offline_env(tmp_path / "th").items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "taken"
+    out.write_text("a file, not a directory")
+    line = error_line(run_main(["--weights", "random", "--out", str(out)], capsys))
+    assert "cannot write to output directory" in line
+    assert out.read_text() == "a file, not a directory"
+
+
 @pytest.mark.parametrize("kind", ["missing", "file", "no-images", "corrupt-image"])
 def test_unreadable_calibration_dir(
     tmp_path: Path, fails: Callable[[list[str]], str], kind: str
