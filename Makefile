@@ -9,6 +9,8 @@ PY     := $(VENV)/bin/python
 STAGE  ?= dev
 MODEL_DIR ?= build/model
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+# jsii >= 1.1xx names the Node 20 banner differently; it takes the major version(s).
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 REQS := requirements.txt requirements-dev.txt lambda_src/requirements.txt model_export/requirements.txt
 
