@@ -244,3 +244,13 @@ def test_snapshot_check_fails_with_make_templates_hint_when_stale(
     err = capsys.readouterr().err
     assert "ResnetServingDev.template.json is stale: run `make templates`" in err
     assert "Prod" not in err
+
+
+def test_templates_are_environment_agnostic(synthesized: Synthesized, stage: str) -> None:
+    # No account id or region baked in: synth used no credentials and no lookups, and the
+    # same template deploys to whichever account/region the deployer's profile targets.
+    text = json.dumps(synthesized.raw[stage])
+    assert re.findall(r"(?<!\d)\d{12}(?!\d)", text) == []
+    assert re.findall(r"\b(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d\b", text) == []
+    assert '{"Ref": "AWS::AccountId"}' in text
+    assert '{"Ref": "AWS::Region"}' in text
