@@ -68,6 +68,7 @@ class StageConfig:
         noncurrent_version_expiration_days: Days before noncurrent model object versions expire.
         removal_policy: What ``cdk destroy`` does with the bucket and the log groups.
         log_level: Powertools ``LOG_LEVEL`` of the function.
+        termination_protection: CloudFormation refuses to delete the stack until it is lifted.
     """
 
     name: str
@@ -95,6 +96,7 @@ class StageConfig:
     noncurrent_version_expiration_days: int = 7
     removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
     log_level: str = "INFO"
+    termination_protection: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -187,6 +189,7 @@ PROD = StageConfig(
     noncurrent_version_expiration_days=30,
     removal_policy=RemovalPolicy.RETAIN,
     log_level="INFO",
+    termination_protection=True,
 )
 
 STAGES: dict[str, StageConfig] = {stage.name: stage for stage in (DEV, PROD)}

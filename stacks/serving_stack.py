@@ -31,6 +31,10 @@ class ServingStack(Stack):
             scope,
             config.stack_id,
             description=f"ResNet18 image classifier on Lambda behind API Gateway ({config.name})",
+            termination_protection=config.termination_protection,
+            # Stack-level tags: CloudFormation propagates them to every taggable resource
+            # (cost allocation) without repeating them in the template.
+            tags={"project": "resnet-serving", "stage": config.name},
             **kwargs,
         )
         self.config = config

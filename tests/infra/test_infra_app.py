@@ -201,3 +201,15 @@ def test_ephemeral_storage_floor_is_twice_the_model_plus_headroom() -> None:
     source = ModelSource(key="models/x/model.onnx", sha256="ef" * 32, size_bytes=45 * 1024 * 1024)
     assert source.min_ephemeral_storage_mb == 2 * 45 + 256
     assert DEV.ephemeral_storage_mb >= source.min_ephemeral_storage_mb
+
+
+def test_prod_is_termination_protected_and_dev_is_not(synthesized: Any) -> None:
+    assert synthesized.stacks["prod"].termination_protection is True
+    assert synthesized.stacks["dev"].termination_protection is False
+
+
+def test_stacks_carry_project_and_stage_tags(synthesized: Any) -> None:
+    for stage, stack in synthesized.stacks.items():
+        manifest = json.loads((synthesized.outdir / "manifest.json").read_text(encoding="utf-8"))
+        artifact = manifest["artifacts"][stack.stack_name]
+        assert artifact["properties"]["tags"] == {"project": "resnet-serving", "stage": stage}
