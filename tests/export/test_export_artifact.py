@@ -18,6 +18,9 @@ from torchvision.models import ResNet18_Weights
 
 from model_export.photos import photographs
 
+# Each module exports real models (or uses the session fixtures that do).
+pytestmark = pytest.mark.slow
+
 PREPROCESSING = {
     "resize": 256,
     "crop": 224,

@@ -37,6 +37,7 @@ def fails(
     return run
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli(
@@ -185,6 +186,7 @@ def test_calibration_dir_without_int8_is_rejected(
     assert "int8" in line
 
 
+@pytest.mark.slow
 def test_malformed_s3_url_fails_before_exporting(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli(
@@ -226,6 +228,7 @@ def test_s3_url_prefix_defaults_to_models(url: str, expected: tuple[str, str]) -
     assert parse_s3_url(url) == expected
 
 
+@pytest.mark.slow
 def test_unreachable_s3_endpoint(tmp_path: Path, fp32_model_dir: Path) -> None:
     env = offline_env(
         tmp_path / "th",
@@ -244,6 +247,7 @@ def test_unreachable_s3_endpoint(tmp_path: Path, fp32_model_dir: Path) -> None:
     assert "AWS_ENDPOINT_URL_S3" in line
 
 
+@pytest.mark.slow
 def test_failed_verification_keeps_previous_pair_and_leaves_no_partial_files(
     tmp_path: Path, fp32_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,9 @@ from torchvision.models import ResNet18_Weights
 from model_export import export_model
 from model_export.photos import photographs
 
+# Each module exports real models (or uses the session fixtures that do).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def manifest(int8_model_dir: Path) -> dict:

@@ -15,6 +15,9 @@ from moto.server import ThreadedMotoServer
 
 from model_export import ExportError, publish
 
+# Each module exports real models (or uses the session fixtures that do).
+pytestmark = pytest.mark.slow
+
 BUCKET = "model-artifacts"
 
 

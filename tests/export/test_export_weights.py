@@ -21,6 +21,9 @@ from model_export.export import load_weights
 from model_export.photos import photographs
 from model_export.weights import checkpoint_model, read_labels
 
+# Each module exports real models (or uses the session fixtures that do).
+pytestmark = pytest.mark.slow
+
 LABELS = [f"part-{index}" for index in range(10)]
 
 
