@@ -247,6 +247,12 @@ def export_model(
                 trained=loaded.trained,
                 calibration=calibration_desc,
             )
+            if not int8_report["passed"]:
+                raise ExportError(
+                    "INT8 verification failed: "
+                    + "; ".join(int8_report["failures"])
+                    + f" (nothing written; {out_dir} is unchanged)"
+                )
             verification["int8_vs_fp32"] = int8_report
             quantization = {
                 "mode": "int8",

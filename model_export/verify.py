@@ -18,6 +18,10 @@ from .errors import ExportError
 from .onnx_export import INPUT_NAME, OUTPUT_NAME
 
 FP32_MAX_ABS_DIFF = 1e-3
+# A sanity floor, not an accuracy target: correct INT8 ResNet18 logits keep a cosine near 0.999
+# with their FP32 counterparts; below this the scales are broken (e.g. unrepresentative
+# calibration data) and the model must not ship.
+INT8_MIN_LOGIT_COSINE = 0.95
 UNTRAINED_NOTE = (
     "UNTRAINED MODEL: random weights; its predictions are meaningless and only the agreement "
     "between runtimes is being checked"
@@ -211,7 +215,7 @@ def verify_int8(
             "timing": f"median of {runs} interleaved runs, batch 1, {threads} intra-op threads "
             "each, measured on the machine that ran the export",
             "weights_trained": trained,
-            "passed": True,
+            "required_min_logit_cosine": INT8_MIN_LOGIT_COSINE,
         }
     )
     if not trained:
@@ -219,4 +223,13 @@ def verify_int8(
             UNTRAINED_NOTE + "; agreement measured on an untrained model says little about "
             "INT8 accuracy on a trained one"
         )
+    failures = []
+    if report["logit_cosine_min"] < INT8_MIN_LOGIT_COSINE:
+        failures.append(
+            f"INT8 logits diverge from FP32 (min cosine {report['logit_cosine_min']:.3f} < "
+            f"{INT8_MIN_LOGIT_COSINE}); calibrate with representative images "
+            "(--calibration-dir) or ship FP32"
+        )
+    report["passed"] = not failures
+    report["failures"] = failures
     return report
