@@ -2,8 +2,61 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from stacks.app_builder import add_stages, new_app
+from stacks.config import STAGES
+from stacks.model_source import ModelSource
+from stacks.serving_stack import ServingStack
+
+FAKE_MODEL_BYTES = b"not an onnx graph, just bytes with a known digest\n" * 64
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    directory: Path
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    outdir: Path
+    stacks: dict[str, ServingStack]  # by stage name
+    raw: dict[str, dict[str, Any]]  # template JSON by stage name
+
+
+def write_fake_model(directory: Path, payload: bytes = FAKE_MODEL_BYTES) -> FakeModel:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.onnx").write_bytes(payload)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    manifest = {
+        "format_version": 1,
+        "model_name": "resnet18",
+        "file": "model.onnx",
+        "sha256": sha256,
+        "size_bytes": len(payload),
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    # Something else the exporter might leave behind; it must not be uploaded.
+    (directory / "export.log").write_text("exported\n", encoding="utf-8")
+    return FakeModel(directory=directory, sha256=sha256, size_bytes=len(payload))
+
+
+def synthesize_all(outdir: Path, model_dir: Path) -> Synthesized:
+    app = new_app(outdir=outdir)
+    stacks = add_stages(app, stages=STAGES.values(), model=ModelSource.from_artifact_dir(model_dir))
+    assembly = app.synth()
+    by_stage = {stack.config.name: stack for stack in stacks}
+    raw = {
+        name: assembly.get_stack_by_name(stack.stack_name).template
+        for name, stack in by_stage.items()
+    }
+    return Synthesized(outdir=outdir, stacks=by_stage, raw=raw)
 
 
 def resources_of(raw_template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-from conftest import FakeModel, write_fake_model
+from infra_helpers import FakeModel, write_fake_model
 
 from stacks.app_builder import add_stages, new_app
 from stacks.config import DEV, PROD, STAGES, StageConfig

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Annotations, Match
-from conftest import FakeModel, Synthesized, synthesize_all
-from infra_helpers import EXPECTED, resources_of
+from infra_helpers import EXPECTED, FakeModel, Synthesized, resources_of, synthesize_all
 
 from stacks import snapshot
 

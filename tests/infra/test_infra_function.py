@@ -8,8 +8,15 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Template
-from conftest import FakeModel
-from infra_helpers import EXPECTED, dumps, logical_id_of, only, resources_of
+from infra_helpers import (
+    EXPECTED,
+    FakeModel,
+    dumps,
+    logical_id_of,
+    only,
+    resources_of,
+    write_fake_model,
+)
 
 from stacks.app_builder import add_stages, new_app
 from stacks.config import PROD
@@ -207,7 +214,6 @@ def test_prod_provisioned_concurrency_tracks_utilization(prod: Template) -> None
 def test_a_new_model_publishes_a_new_version(
     tmp_path_factory: pytest.TempPathFactory, synthesized: Any, fake_model: FakeModel
 ) -> None:
-    from conftest import write_fake_model
 
     other = write_fake_model(tmp_path_factory.mktemp("other-model"), b"a retrained model")
     app = new_app(outdir=tmp_path_factory.mktemp("cdk-out-other"))
