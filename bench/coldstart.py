@@ -34,9 +34,14 @@ def handler_init(spec: dict) -> dict:
     if runtime.model is None:
         raise RuntimeError(f"handler INIT failed: {runtime.load_error}")
     report = runtime.init_report()
-    phases = {k: report[k] for k in ("imports_ms", "download_ms", "verify_ms", "session_ms")}
-    phases["warmup_ms"] = report["warmup_ms"]
-    # boto3 is imported lazily inside the download; the rest (Powertools setup, logging) is here.
+    # Every phase the handler times itself (imports, download incl. hashing, verify, session,
+    # warm-up, ...); model_load_ms is their sum, so it is not a phase of its own.
+    phases = {
+        k: v
+        for k, v in report.items()
+        if k.endswith("_ms") and k != "model_load_ms" and isinstance(v, int | float)
+    }
+    # What the handler does not time itself (e.g. Powertools setup, the cold-start log line).
     phases["other_ms"] = round(total - sum(phases.values()), 2)
     return {
         "total_ms": total,

@@ -39,19 +39,27 @@ def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "rounds": 2,
+            "min_rounds": 2,
+            "max_phase_s": 30,
             "block": {"jpeg_640x480": 3, "png_640x480": 2, "jpeg_12mp": 1},
             "bare_block": 3,
+            "budget_ms": 100,
             "batch_rounds": 1,
             "cold_rounds": 1,
             "one_cpu_rounds": 0,
             "peak_repeats": 3,
         }
     return {
+        # Rounds stop early once a phase has run max_phase_s (after min_rounds), so a loaded
+        # machine gives fewer samples rather than a run of many minutes.
         "rounds": 40,
-        "block": {"jpeg_640x480": 5, "png_640x480": 3, "jpeg_12mp": 1},
+        "min_rounds": 8,
+        "max_phase_s": 100,
+        "block": {"jpeg_640x480": 5, "png_640x480": 3, "jpeg_12mp": 2},
         "bare_block": 5,
+        "budget_ms": 250,
         "batch_rounds": 12,
-        "cold_rounds": 5,
+        "cold_rounds": 3,
         "one_cpu_rounds": 20,
         "peak_repeats": 12,
     }
@@ -119,6 +127,19 @@ def rotate(items: list[Any], k: int) -> list[Any]:
     return items[k:] + items[:k]
 
 
+def rounds(cfg: dict[str, Any], log: Any, what: str, key: str = "rounds") -> Any:
+    """Round numbers, stopping early (after min_rounds) once the phase used max_phase_s."""
+    started = time.perf_counter()
+    total = cfg[key]
+    for r in range(total):
+        elapsed = time.perf_counter() - started
+        if r >= min(cfg["min_rounds"], total) and elapsed > cfg["max_phase_s"]:
+            log(f"  {what}: stopped after {r} rounds ({elapsed:.0f} s; machine busy?)")
+            return
+        yield r
+    log(f"  {what}: {total} rounds in {time.perf_counter() - started:.0f} s")
+
+
 def warm_latency(
     workers: dict[str, Worker], images: dict[str, Path], cfg: dict[str, Any], log: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -130,18 +151,19 @@ def warm_latency(
     bare: dict[str, list[float]] = {n: [] for n in workers}
     names = list(workers)
     typical = str(images["jpeg_640x480"])
-    for r in range(cfg["rounds"]):
+    budget = cfg["budget_ms"]
+    for r in rounds(cfg, log, "warm latency"):
         for case in CASES:
             for name in rotate(names, r):
-                reply = workers[name].call(cmd="latency", case=case, n=cfg["block"][case])
+                reply = workers[name].call(
+                    cmd="latency", case=case, n=cfg["block"][case], budget_ms=budget
+                )
                 lat[name][case] += reply["ms"]
                 inner[name][case] += reply["inner"]
         for name in rotate(names, r):
             bare[name] += workers[name].call(
-                cmd="bare", batch=1, n=cfg["bare_block"], image=typical
+                cmd="bare", batch=1, n=cfg["bare_block"], image=typical, budget_ms=budget
             )["ms"]
-        if (r + 1) % 10 == 0:
-            log(f"  warm latency: round {r + 1}/{cfg['rounds']}")
     warm: dict[str, Any] = {}
     for name in names:
         warm[name] = {}
@@ -158,9 +180,11 @@ def warm_latency(
 
 def one_cpu_latency(workers: dict[str, Worker], cfg: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, list[float]] = {n: [] for n in workers}
-    for r in range(cfg["one_cpu_rounds"]):
+    for r in rounds(cfg, lambda _m: None, "one vCPU", "one_cpu_rounds"):
         for name in rotate(list(workers), r):
-            out[name] += workers[name].call(cmd="latency", case="jpeg_640x480", n=5)["ms"]
+            out[name] += workers[name].call(
+                cmd="latency", case="jpeg_640x480", n=5, budget_ms=cfg["budget_ms"]
+            )["ms"]
     return {name: summary(values) for name, values in out.items()}
 
 
@@ -170,14 +194,17 @@ def throughput(
     """images/s at batch 1, 4, 8: the handler path ({"images": [...]}) and the bare model."""
     samples: dict[str, dict[int, list[float]]] = {}
     typical = str(images["jpeg_640x480"])
-    for r in range(cfg["batch_rounds"]):
+    budget = cfg["budget_ms"]
+    for r in rounds(cfg, lambda _m: None, "throughput", "batch_rounds"):
         for size in (1, 4, 8):
             for name in rotate(list(workers), r):
                 worker = workers[name]
                 if name.startswith("handler"):
-                    ms = worker.call(cmd="batch", image="jpeg_640x480", size=size, n=2)["ms"]
+                    ms = worker.call(
+                        cmd="batch", image="jpeg_640x480", size=size, n=2, budget_ms=budget
+                    )["ms"]
                     samples.setdefault(f"{name}_path", {}).setdefault(size, []).extend(ms)
-                ms = worker.call(cmd="bare", batch=size, n=2, image=typical)["ms"]
+                ms = worker.call(cmd="bare", batch=size, n=2, image=typical, budget_ms=budget)["ms"]
                 samples.setdefault(f"{name}_bare", {}).setdefault(size, []).extend(ms)
     out: dict[str, Any] = {}
     for key, per_size in samples.items():
@@ -231,7 +258,7 @@ def cold_starts(
             sha = json.loads((directory / "manifest.json").read_text())["sha256"]
             keys[name] = (bucket, key, sha)
         with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
-            for r in range(cfg["cold_rounds"]):
+            for r in rounds(cfg, log, "cold starts", "cold_rounds"):
                 for name in rotate(list(runs), r):
                     out = Path(tmp) / f"{name}-{r}.json"
                     if name == "torch_fp32":
@@ -270,7 +297,6 @@ def cold_starts(
                     runs[name].append(result)
                     if kind == "handler" and cpu_logged is None:
                         cpu_logged = _logged_cpu(proc.stdout)
-            log(f"  cold starts: {cfg['cold_rounds']} round(s) done")
     finally:
         server.stop()
         for k, v in saved.items():
@@ -386,12 +412,17 @@ def ratios_and_targets(res: dict[str, Any]) -> tuple[dict[str, float], list[dict
         "naive_over_handler_fp32": p50["naive_fp32"][typical] / hf[typical]["p50"],
         "naive_over_handler_fp32_12mp": p50["naive_fp32"]["jpeg_12mp"] / hf["jpeg_12mp"]["p50"],
         "torch_over_handler_fp32_12mp": p50["torch_fp32"]["jpeg_12mp"] / hf["jpeg_12mp"]["p50"],
-        "overhead_fraction_fp32": (hf[typical]["p50"] - bare["handler_fp32"]["p50"])
+        # Per request: wall time minus the inference time the handler measured around
+        # session.run in the same request, over bare inference p50. Pairing within one request
+        # keeps neighbours' noise out of the difference.
+        "overhead_fraction_fp32": hf[typical]["handler_timings_p50"]["outside_model"]
         / bare["handler_fp32"]["p50"],
-        "overhead_fraction_int8": (
-            warm["handler_int8"][typical]["p50"] - bare["handler_int8"]["p50"]
-        )
+        "overhead_fraction_int8": warm["handler_int8"][typical]["handler_timings_p50"][
+            "outside_model"
+        ]
         / bare["handler_int8"]["p50"],
+        "overhead_fraction_fp32_unpaired": (hf[typical]["p50"] - bare["handler_fp32"]["p50"])
+        / bare["handler_fp32"]["p50"],
         "12mp_over_typical_fp32": hf["jpeg_12mp"]["p50"] / hf[typical]["p50"],
         "png_over_jpeg_fp32": hf["png_640x480"]["p50"] / hf[typical]["p50"],
         "fp32_over_int8_handler": hf[typical]["p50"] / warm["handler_int8"][typical]["p50"],
@@ -485,6 +516,24 @@ def tables(res: dict[str, Any]) -> str:
     out.append(
         "Warm latency, whole path (event in -> response out), ms p50 / p99 (vs handler FP32):\n"
         + fmt_table(["variant"] + [CASES[c][1] for c in CASES], rows)
+    )
+    rows = []
+    for name in ("handler_fp32", "handler_int8"):
+        for case in CASES:
+            t = res["warm"][name][case]["handler_timings_p50"]
+            rows.append(
+                [
+                    LABELS[name],
+                    CASES[case][1],
+                    f"{t['decode_preprocess']:.2f}",
+                    f"{t['inference']:.2f}",
+                    f"{t['outside_model']:.2f}",
+                ]
+            )
+    out.append(
+        "Handler breakdown, p50 ms (decode+preprocess and inference as the handler times them; "
+        "outside model = wall - inference, per request):\n"
+        + fmt_table(["variant", "image", "decode+preprocess", "inference", "outside model"], rows)
     )
     rows = [
         [LABELS[n], f"{s['p50']:.2f}", f"{s['p99']:.2f}"] for n, s in res["bare_batch1"].items()
@@ -596,10 +645,15 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
     ax = axes[1]
     names = ["handler_fp32", "handler_int8", "torch_fp32"]
+    colours: dict[str, Any] = {}
+    palette = plt.get_cmap("tab10").colors
     for i, name in enumerate(names):
         bottom = 0.0
         for phase, ms in res["cold"][name]["phases_ms"].items():
-            ax.bar(i, ms, 0.6, bottom=bottom)
+            label = phase.removesuffix("_ms")
+            new = label not in colours
+            colour = colours.setdefault(label, palette[len(colours) % len(palette)])
+            ax.bar(i, ms, 0.6, bottom=bottom, color=colour, label=label if new else None)
             if ms > res["cold"]["torch_fp32"]["total_ms"] * 0.04:
                 ax.text(
                     i,
@@ -613,6 +667,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(names)), ["handler FP32", "handler INT8", "PyTorch eager"])
     ax.set_ylabel("ms (median)")
     ax.set_title("Cold INIT in a fresh process")
+    ax.legend(fontsize=7, loc="upper left")
 
     ax = axes[2]
     for key in (
