@@ -121,6 +121,10 @@ def fetch_model(
         path.unlink(missing_ok=True)
 
     config.cache_dir.mkdir(parents=True, exist_ok=True)
+    # Left by a process killed mid-download (SIGKILL skips cleanup). One process owns /tmp per
+    # environment, so none is in use; removing them keeps repeated crashes from filling /tmp.
+    for stale in config.cache_dir.glob(".download-*.part"):
+        stale.unlink(missing_ok=True)
     started = time.perf_counter()
     with trace("s3_download"):
         actual, size = _download_verifying(config, s3_client_factory, path)

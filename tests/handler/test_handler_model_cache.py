@@ -174,6 +174,18 @@ def test_interrupted_download_leaves_nothing_to_trust(make_runtime, fp32_publish
     assert sha256_of(cache / f"{fp32_published.sha256}.onnx") == fp32_published.sha256
 
 
+def test_partial_download_left_by_a_killed_process_is_removed(
+    make_runtime, fp32_published, tmp_path
+):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ".download-abc123.part"
+    stale.write_bytes(b"half a model")
+    runtime = make_runtime(fp32_published, cache_dir=cache)
+    assert runtime.model is not None
+    assert sorted(p.name for p in cache.iterdir()) == [f"{fp32_published.sha256}.onnx"]
+
+
 def test_config_missing_variables_fail_fast_with_names():
     with pytest.raises(RuntimeError, match="MODEL_BUCKET, MODEL_SHA256"):
         Config.from_env({"MODEL_KEY": "models/x/model.onnx"})
