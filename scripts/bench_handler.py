@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = ensure_model(args.model_dir)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    # Callable from tests: leave the caller's environment and imported handler as they were.
+    saved_env, saved_handler = dict(os.environ), sys.modules.pop("handler", None)
     try:
         host, port = server.get_host_and_port()
         env = {
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(args.memory),
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
+            # Its own logger name: Powertools loggers of one service share a stdlib logger.
+            "POWERTOOLS_SERVICE_NAME": "resnet-bench",
         }
         os.environ.update(env)
         boto3.client("s3").create_bucket(Bucket="bench-models")
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {phase:<20}{statistics.median(r[phase] for r in reports):>10.1f}")
 
         os.environ.update(env, MODEL_CACHE_DIR=tempfile.mkdtemp(prefix="bench-warm-"))
-        sys.path.insert(0, str(LAMBDA_SRC))
+        if str(LAMBDA_SRC) not in sys.path:
+            sys.path.insert(0, str(LAMBDA_SRC))
         with contextlib.redirect_stdout(io.StringIO()):
             import handler
 
@@ -172,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<20}{percentile(values, 50):>10.1f}{percentile(values, 99):>10.1f}")
     finally:
         server.stop()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.modules.pop("handler", None)
+        if saved_handler is not None:
+            sys.modules["handler"] = saved_handler
     return 0
 
 
