@@ -429,7 +429,17 @@ def ratios_and_targets(res: dict[str, Any]) -> tuple[dict[str, float], list[dict
         "fp32_over_int8_bare": bare["handler_fp32"]["p50"] / bare["handler_int8"]["p50"],
         "cold_fp32_over_torch": cold["handler_fp32"]["total_ms"] / cold["torch_fp32"]["total_ms"],
         "cold_int8_over_torch": cold["handler_int8"]["total_ms"] / cold["torch_fp32"]["total_ms"],
+        "torch_mean_over_handler_fp32_mean": warm["torch_fp32"][typical]["mean"]
+        / hf[typical]["mean"],
+        "torch_p99_over_handler_fp32_p99": warm["torch_fp32"][typical]["p99"] / hf[typical]["p99"],
     }
+    if "handler_int8_u8s8" in warm:
+        u8 = warm["handler_int8_u8s8"][typical]["p50"]
+        ratios["fp32_over_int8_u8s8_handler"] = hf[typical]["p50"] / u8
+        ratios["torch_over_handler_int8_u8s8"] = p50["torch_fp32"][typical] / u8
+        ratios["fp32_over_int8_u8s8_bare"] = (
+            bare["handler_fp32"]["p50"] / bare["handler_int8_u8s8"]["p50"]
+        )
     ratios = {k: round(v, 3) for k, v in ratios.items()}
     vnni = (
         "avx512_vnni" in res["machine"]["cpu"]["flags"]
@@ -499,6 +509,7 @@ LABELS = {
     "torch_fp32": "PyTorch eager FP32",
     "handler_fp32_1cpu": "handler FP32, 1 vCPU",
     "handler_int8_1cpu": "handler INT8, 1 vCPU",
+    "handler_int8_u8s8": "handler INT8 U8S8 (proposal)",
 }
 
 
@@ -610,6 +621,17 @@ def tables(res: dict[str, Any]) -> str:
     out.append(
         "Targets (ratios from this run):\n" + fmt_table(["", "target", "measured", "goal"], rows)
     )
+    r = res["ratios"]
+    if "fp32_over_int8_u8s8_handler" in r:
+        fu = res["fidelity_u8s8"]
+        out.append(
+            "Proposal measured in this run, INT8 with unsigned activations (U8S8, see "
+            f"docs/performance.md): {r['fp32_over_int8_u8s8_handler']:.2f}x faster than the FP32 "
+            f"handler (bare {r['fp32_over_int8_u8s8_bare']:.2f}x), "
+            f"{r['torch_over_handler_int8_u8s8']:.2f}x faster than PyTorch eager; vs FP32 top-1 "
+            f"{fu['top1_agreement']:.0%}, top-5 overlap {fu['top5_overlap_mean']:.0%}, cosine "
+            f"{fu['logit_cosine_mean']:.4f}."
+        )
     return "\n\n".join(out)
 
 
@@ -621,12 +643,16 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
-    variants = ["handler_fp32", "handler_int8", "naive_fp32", "torch_fp32"]
-    width = 0.2
+    variants = [
+        v
+        for v in ("handler_fp32", "handler_int8", "handler_int8_u8s8", "naive_fp32", "torch_fp32")
+        if v in res["warm"]
+    ]
+    width = 0.8 / len(variants)
     for i, name in enumerate(variants):
         p50 = [res["warm"][name][c]["p50"] for c in CASES]
         p99 = [res["warm"][name][c]["p99"] for c in CASES]
-        xs = [j + (i - 1.5) * width for j in range(len(CASES))]
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(CASES))]
         ax.bar(xs, p50, width, label=LABELS[name])
         ax.errorbar(
             xs,
@@ -752,6 +778,17 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "handler_fp32": {"kind": "handler", "model_dir": str(dirs["fp32"]), "threads": threads},
         "handler_int8": {"kind": "handler", "model_dir": str(dirs["int8"]), "threads": threads},
         "naive_fp32": {"kind": "naive", "model_dir": str(dirs["fp32"]), "threads": threads},
+        **(
+            {
+                "handler_int8_u8s8": {
+                    "kind": "handler",
+                    "model_dir": str(dirs["int8_u8s8"]),
+                    "threads": threads,
+                }
+            }
+            if "int8_u8s8" in dirs
+            else {}
+        ),
         "torch_fp32": {
             "kind": "torch",
             "model_dir": str(dirs["fp32"]),
@@ -790,7 +827,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         photos = photographs()
         logits = {
             name: workers[name].call(cmd="logits", paths=[str(p) for p in photos])["logits"]
-            for name in ("handler_fp32", "handler_int8", "torch_fp32")
+            for name in ("handler_fp32", "handler_int8", "torch_fp32", "handler_int8_u8s8")
+            if name in workers
         }
         rss = {
             name: round(w.call(cmd="rss")["max_rss_mb"], 1)
@@ -801,7 +839,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             w.close()
 
     log("Cold starts (fresh processes, moto S3 on 127.0.0.1) ...")
-    cold = cold_starts(dirs, threads, state_dict, cfg, log)
+    cold = cold_starts({k: dirs[k] for k in ("fp32", "int8")}, threads, state_dict, cfg, log)
     log("Peak float32 GFLOP/s (numpy matmul) ...")
     peak = peak_gflops(threads, cfg["peak_repeats"])
 
@@ -825,6 +863,11 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "settings": cfg,
         "machine": machine(threads),
         "models": {k: model_info(v) for k, v in dirs.items()},
+        "fidelity_u8s8": fidelity(
+            logits["handler_fp32"], logits["handler_int8_u8s8"], [p.name for p in photos]
+        )
+        if "handler_int8_u8s8" in logits
+        else None,
         "images": {
             c: {
                 "file": images[c].name,
