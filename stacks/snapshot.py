@@ -1,8 +1,11 @@
 """Committed, reviewable templates: ``templates/<StackId>.template.json``.
 
-Rendered hermetically for every stage with a fixed placeholder model (``PLACEHOLDER_MODEL``,
-an "already published" key and sha256, so no torch, no exported model and no upload asset
-are needed) and normalized so that only infrastructure changes show up in a diff:
+Rendered hermetically for every stage along the default deploy path: an exporter artifact
+directory uploaded with the stack. The artifact is a fixed placeholder written on the fly
+(``PLACEHOLDER_MODEL_BYTES`` + a minimal manifest), so no torch and no exported model are
+needed, the model upload (BucketDeployment, its provider function and role) is in the diff
+like everything else, and the model digest stays constant. The templates are normalized so
+that only infrastructure changes show up in a diff:
 
 * asset hashes (the container image built from ``lambda_src/``, CDK's own provider code)
   become ``<ASSET_HASH>``;
@@ -18,6 +21,7 @@ are needed) and normalized so that only infrastructure changes show up in a diff
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -27,14 +31,12 @@ from typing import Any
 
 from stacks.app_builder import ROOT, add_stages, new_app
 from stacks.config import STAGES
-from stacks.model_source import ModelSource, model_key
+from stacks.model_source import MANIFEST_FILE, MODEL_FILE, ModelSource
 
 TEMPLATES_DIR = ROOT / "templates"
-# No real model hashes to all zeros; the key follows the exporter's publish layout.
-PLACEHOLDER_SHA256 = "0" * 64
-PLACEHOLDER_MODEL = ModelSource.published(
-    key=model_key(PLACEHOLDER_SHA256), sha256=PLACEHOLDER_SHA256
-)
+# Not a model: the committed templates track infrastructure, not weights.
+PLACEHOLDER_MODEL_BYTES = b"placeholder for model.onnx: templates/ track infrastructure only\n"
+PLACEHOLDER_SHA256 = hashlib.sha256(PLACEHOLDER_MODEL_BYTES).hexdigest()
 ASSET_HASH = "<ASSET_HASH>"
 BOOTSTRAP_VERSIONS = "<BOOTSTRAP_VERSIONS>"
 _HASHED_LOGICAL_ID = re.compile(r"^(?P<stem>.+CurrentVersion)[0-9A-F]{8}[0-9a-f]{32}$")
@@ -44,8 +46,22 @@ def template_path(stack_id: str) -> Path:
     return TEMPLATES_DIR / f"{stack_id}.template.json"
 
 
-def synthesize(outdir: Path, model: ModelSource = PLACEHOLDER_MODEL) -> dict[str, Path]:
-    """Synthesize every stage into ``outdir``; returns stack id -> raw template path."""
+def placeholder_artifact(directory: Path) -> ModelSource:
+    """Write the placeholder artifact (model file + exporter-style manifest) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MODEL_FILE).write_bytes(PLACEHOLDER_MODEL_BYTES)
+    manifest = {"format_version": 1, "file": MODEL_FILE, "sha256": PLACEHOLDER_SHA256}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True) + "\n")
+    return ModelSource.from_artifact_dir(directory)
+
+
+def synthesize(outdir: Path, model: ModelSource | None = None) -> dict[str, Path]:
+    """Synthesize every stage into ``outdir``; returns stack id -> raw template path.
+
+    Without ``model``, the placeholder artifact is written to ``outdir/placeholder-model``.
+    """
+    if model is None:
+        model = placeholder_artifact(outdir / "placeholder-model")
     app = new_app(outdir=outdir)
     stacks = add_stages(app, stages=STAGES.values(), model=model)
     assembly = app.synth()
