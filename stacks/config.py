@@ -67,7 +67,7 @@ class StageConfig:
         access_log_expiration_days: Days the bucket's server access logs are kept, in days.
         noncurrent_version_expiration_days: Days before noncurrent model object versions expire.
         removal_policy: What ``cdk destroy`` does with the bucket and the log groups.
-        log_level: Powertools ``LOG_LEVEL`` of the function.
+        log_level: ``POWERTOOLS_LOG_LEVEL`` of the function.
         termination_protection: CloudFormation refuses to delete the stack until it is lifted.
     """
 

@@ -69,7 +69,7 @@ class PredictFunction(Construct):
             provisioned_concurrency_max: Autoscaling ceiling.
             provisioned_concurrency_target_utilization: Target tracking set point, 0-1.
             service_name: ``POWERTOOLS_SERVICE_NAME`` (metric dimension ``service``).
-            log_level: ``LOG_LEVEL``.
+            log_level: ``POWERTOOLS_LOG_LEVEL``.
             log_retention: Function log group retention.
             removal_policy: Log group removal policy.
         """
@@ -127,7 +127,7 @@ class PredictFunction(Construct):
                 "MODEL_CACHE_DIR": MODEL_CACHE_DIR,
                 "POWERTOOLS_SERVICE_NAME": service_name,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-                "LOG_LEVEL": log_level,
+                "POWERTOOLS_LOG_LEVEL": log_level,
             },
         )
         cfn_function = self.function.node.default_child

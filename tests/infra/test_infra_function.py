@@ -102,7 +102,7 @@ def test_function_environment_matches_the_manifest(
         "MODEL_CACHE_DIR": "/tmp/model-cache",
         "POWERTOOLS_SERVICE_NAME": EXPECTED[stage]["service"],
         "POWERTOOLS_METRICS_NAMESPACE": "ResnetServing",
-        "LOG_LEVEL": EXPECTED[stage]["log_level"],
+        "POWERTOOLS_LOG_LEVEL": EXPECTED[stage]["log_level"],
     }
 
 
