@@ -60,7 +60,7 @@ def torch_init(spec: dict) -> dict:
     imports = _ms(t0)
     t = time.perf_counter()
     torch.set_num_threads(spec["threads"])
-    model = torchvision.models.resnet18(weights=None)
+    model = torchvision.models.resnet18(weights=None, num_classes=spec["num_classes"])
     build = _ms(t)
     t = time.perf_counter()
     model.load_state_dict(torch.load(spec["state_dict"], weights_only=True))

@@ -262,7 +262,13 @@ def cold_starts(
                 for name in rotate(list(runs), r):
                     out = Path(tmp) / f"{name}-{r}.json"
                     if name == "torch_fp32":
-                        spec = {"threads": threads, "state_dict": str(state_dict)}
+                        spec = {
+                            "threads": threads,
+                            "state_dict": str(state_dict),
+                            "num_classes": json.loads(
+                                (model_dirs["fp32"] / "manifest.json").read_text()
+                            )["num_classes"],
+                        }
                         kind = "torch"
                     else:
                         bucket, key, sha = keys[name.removeprefix("handler_")]

@@ -182,7 +182,7 @@ class TorchVariant(Variant):
             tmp = state_path.with_suffix(".tmp")
             torch.save(_same_weights(manifest).state_dict(), tmp)
             tmp.replace(state_path)
-        model = resnet18(weights=None)
+        model = resnet18(weights=None, num_classes=len(self.labels))
         model.load_state_dict(torch.load(state_path, weights_only=True))
         self.model = model.eval()
         pre = manifest["preprocessing"]
@@ -222,13 +222,16 @@ class TorchVariant(Variant):
 
 def _same_weights(manifest: dict[str, Any]) -> Any:
     """The torch module whose export is the ONNX model under test (same weights)."""
-    from model_export.weights import imagenet_model, random_model
+    from model_export.weights import checkpoint_model, imagenet_model, random_model
 
-    source = manifest["weights"]["source"]
+    weights = manifest["weights"]
+    source = weights["source"]
     if source == "random":
-        return random_model(int(manifest["weights"]["seed"])).model
+        return random_model(int(weights["seed"])).model
     if source.startswith("imagenet"):
         return imagenet_model().model
+    if source == "checkpoint" and weights.get("checkpoint"):
+        return checkpoint_model(Path(weights["checkpoint"]), manifest["labels"]).model
     raise RuntimeError(f"bench cannot rebuild weights from source {source!r} for PyTorch eager")
 
 
