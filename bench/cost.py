@@ -217,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     bench = latest_results(args.results)
+    if bench is None and args.results == RESULTS / "latest.json":
+        # A fresh clone has no latest.json (gitignored) but does have the documented run.
+        committed = sorted(p for p in RESULTS.glob("bench-*.json") if "quick" not in p.name)
+        if committed:
+            args.results = committed[-1]
+            bench = latest_results(args.results)
     duration, init = args.duration_ms, args.init_ms
     if duration is None or init is None:
         if bench is None:
@@ -233,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             init = bench["cold"][variant]["total_ms"]
         vcpus = bench["machine"]["threads"]
         print(
-            f"(duration {duration:.1f} ms and INIT {init:.0f} ms measured by the benchmark with "
+            f"(from {args.results.name}: duration {duration:.1f} ms and INIT {init:.0f} ms "
+            "measured "
+            "by the benchmark with "
             f"{vcpus} threads, i.e. a {vcpus * MB_PER_VCPU} MB function; a different memory size "
             "changes the duration: see docs/performance.md)\n"
         )
