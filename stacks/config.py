@@ -147,7 +147,7 @@ class StageConfig:
 
 DEV = StageConfig(
     name="dev",
-    memory_mb=2048,
+    memory_mb=1769,  # exactly one vCPU: the cost-optimal size (docs/performance.md)
     timeout_seconds=20,
     ephemeral_storage_mb=1024,
     reserved_concurrency=None,
@@ -169,7 +169,7 @@ DEV = StageConfig(
 
 PROD = StageConfig(
     name="prod",
-    memory_mb=3008,
+    memory_mb=3538,  # exactly two vCPUs: the latency option (docs/performance.md)
     timeout_seconds=20,
     ephemeral_storage_mb=1024,
     reserved_concurrency=50,

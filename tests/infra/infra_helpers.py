@@ -89,7 +89,7 @@ def logical_id_of(ref_or_getatt: Any) -> str:
 EXPECTED: dict[str, dict[str, Any]] = {
     "dev": {
         "stack_id": "ResnetServingDev",
-        "memory_mb": 2048,
+        "memory_mb": 1769,
         "timeout_s": 20,
         "ephemeral_mb": 1024,
         "reserved_concurrency": None,
@@ -110,7 +110,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "prod": {
         "stack_id": "ResnetServingProd",
-        "memory_mb": 3008,
+        "memory_mb": 3538,
         "timeout_s": 20,
         "ephemeral_mb": 1024,
         "reserved_concurrency": 50,
