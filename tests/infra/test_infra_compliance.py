@@ -249,6 +249,9 @@ def test_templates_are_environment_agnostic(synthesized: Synthesized, stage: str
     # No account id or region baked in: synth used no credentials and no lookups, and the
     # same template deploys to whichever account/region the deployer's profile targets.
     text = json.dumps(synthesized.raw[stage])
+    # Hashes (model and asset digests, the version's logical-id suffix) may hold 12 digits
+    # in a row by chance.
+    text = re.sub(r"[0-9A-Fa-f]{32,}", "<hash>", text)
     assert re.findall(r"(?<!\d)\d{12}(?!\d)", text) == []
     assert re.findall(r"\b(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d\b", text) == []
     assert '{"Ref": "AWS::AccountId"}' in text
