@@ -52,8 +52,11 @@ format: install ## Apply ruff's formatting and safe fixes
 model: install ## Export the model to build/model (WEIGHTS=imagenet|random|PATH, QUANTIZE=none|int8)
 	$(PY) -m model_export --weights $(or $(WEIGHTS),auto) --quantize $(or $(QUANTIZE),none) --out $(MODEL_DIR)
 
-synth: install ## Synthesize every stage into cdk.out and cfn-lint the templates
-	npx cdk synth --quiet
+$(MODEL_DIR)/manifest.json:
+	$(MAKE) model
+
+synth: install $(MODEL_DIR)/manifest.json ## Synthesize every stage into cdk.out (exports a model first if there is none) and cfn-lint them
+	npx cdk synth --quiet -c model_dir=$(MODEL_DIR)
 	$(VENV)/bin/cfn-lint cdk.out/*.template.json
 
 templates: install ## Refresh the reviewed templates under templates/
@@ -68,14 +71,17 @@ bench: install ## Benchmarks: tables, bench/results/*.json and a plot
 cost: install ## Monthly cost model: on-demand vs provisioned concurrency
 	$(PY) -m bench.cost
 
-deploy: install ## Deploy STAGE (dev|prod) to the current AWS account
-	npx cdk deploy -c stage=$(STAGE) --outputs-file cdk-outputs-$(STAGE).json
+deploy: install $(MODEL_DIR)/manifest.json ## Deploy STAGE (dev|prod) to the current AWS account
+	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) --outputs-file cdk-outputs-$(STAGE).json
 
-diff: install ## Show what a deploy of STAGE would change
-	npx cdk diff -c stage=$(STAGE)
+diff: install $(MODEL_DIR)/manifest.json ## Show what a deploy of STAGE would change
+	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)
 
-destroy: install ## Delete STAGE's stack (see README for what stays behind)
-	npx cdk destroy -c stage=$(STAGE)
+destroy: install $(MODEL_DIR)/manifest.json ## Delete STAGE's stack (see README for what stays behind)
+	npx cdk destroy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)
+
+events: ## Re-record tests/events/*.json with the AWS SAM CLI (in a throwaway venv)
+	bash scripts/generate_events.sh
 
 clean: ## Remove build output (keeps .venv and node_modules)
 	rm -rf build cdk.out .pytest_cache .ruff_cache .mypy_cache

@@ -8,7 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${SAM_VENV:-/tmp/samvenv}"
 if [[ ! -x "$venv/bin/sam" ]]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet aws-sam-cli
+  "$venv/bin/pip" install --quiet "aws-sam-cli==${SAM_VERSION:-1.170.0}"
 fi
 export SAM_CLI_TELEMETRY=0
 sam() { "$venv/bin/sam" local generate-event apigateway aws-proxy --stage prod "$@"; }
