@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
@@ -30,6 +30,9 @@ from .weights import (
     random_model,
     read_labels,
 )
+
+if TYPE_CHECKING:
+    from .quantize import Activations
 
 MODEL_FILE = "model.onnx"
 # The repository's build/model, wherever the code is run from.
@@ -142,14 +145,18 @@ def export_model(
     calibration_dir: str | Path | None = None,
     calibration_limit: int = DEFAULT_CALIBRATION_LIMIT,
     seed: int = 0,
+    int8_activations: Activations | None = None,
+    reduce_range: bool | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Export ResNet18 to ``out_dir/model.onnx`` + ``manifest.json`` and return the manifest.
 
     ``weights``: "imagenet" (torchvision IMAGENET1K_V1, needs the network once), "random"
     (seeded and untrained), "auto" (imagenet if it can be fetched, else random, saying so) or
-    a checkpoint path. Raises ExportError for bad input or a failed verification; then
-    ``out_dir`` holds whatever it held before (never a half-written or unverified model).
+    a checkpoint path. INT8 only: ``int8_activations`` "uint8" (U8S8, the default) or "int8"
+    (S8S8), ``reduce_range`` (7-bit weights, default True); see docs/export.md. Raises
+    ExportError for bad input or a failed verification; then ``out_dir`` holds whatever it
+    held before (never a half-written or unverified model).
     """
     log = log or _stderr
     if quantize not in ("none", "int8"):
@@ -158,6 +165,16 @@ def export_model(
         raise ExportError("a calibration directory only applies with quantize='int8'")
     if calibration_limit < 1:
         raise ExportError("the calibration image limit must be at least 1")
+    if quantize != "int8" and (int8_activations is not None or reduce_range is not None):
+        raise ExportError("INT8 activation type and reduce_range only apply with quantize='int8'")
+    from .quantize import ACTIVATION_CHOICES, DEFAULT_ACTIVATIONS, DEFAULT_REDUCE_RANGE
+
+    activations = DEFAULT_ACTIVATIONS if int8_activations is None else int8_activations
+    if activations not in ACTIVATION_CHOICES:
+        raise ExportError(
+            f"unknown INT8 activation type {activations!r}: use 'uint8' (U8S8) or 'int8' (S8S8)"
+        )
+    reduce = DEFAULT_REDUCE_RANGE if reduce_range is None else bool(reduce_range)
     out_dir = Path(out_dir)
 
     # Check every input before the slow steps, so a typo fails in a second, not a minute.
@@ -229,13 +246,34 @@ def export_model(
         quantization: dict[str, Any] = {"mode": "none"}
         final = fp32_path
         if quantize == "int8":
-            from .quantize import SETTINGS, quantize_int8
+            from .quantize import quantize_int8, settings
 
-            log(f"[4/4] quantizing to INT8 (calibration: {len(calibration_images)} images) ...")
+            recipe = settings(activations, reduce)
+            log(
+                f"[4/4] quantizing to INT8 ({recipe['scheme']}, reduce_range={reduce}; "
+                f"calibration: {len(calibration_images)} images) ..."
+            )
             int8_path = work / "int8.onnx"
-            quantize_int8(fp32_path, int8_path, calibration_images)
+            quantize_int8(
+                fp32_path,
+                int8_path,
+                calibration_images,
+                activations=activations,
+                reduce_range=reduce,
+            )
             proto = onnx.load(str(int8_path))
-            onnx_export.set_metadata(proto, {**metadata, "quantization": "int8"})
+            scheme = {k: recipe[k] for k in ("scheme", "activation_type", "weight_type")}
+            onnx_export.set_metadata(
+                proto,
+                {
+                    **metadata,
+                    "quantization": "int8",
+                    # Lets the serving side check the CPU it got against the recipe it runs.
+                    "quantization_settings": json.dumps(
+                        {**scheme, "reduce_range": reduce}, separators=(",", ":")
+                    ),
+                },
+            )
             onnx_export.save_single_file(proto, int8_path)
             log("      verifying INT8 against FP32 and measuring the speed-up ...")
             int8_report = verify.verify_int8(
@@ -246,6 +284,7 @@ def export_model(
                 loaded.labels,
                 trained=loaded.trained,
                 calibration=calibration_desc,
+                scheme=f"{recipe['scheme']}, reduce_range={reduce}",
             )
             if not int8_report["passed"]:
                 raise ExportError(
@@ -256,7 +295,7 @@ def export_model(
             verification["int8_vs_fp32"] = int8_report
             quantization = {
                 "mode": "int8",
-                **SETTINGS,
+                **recipe,
                 "calibration": {
                     "source": "directory" if calibration_dir is not None else "shipped photographs",
                     "images": len(calibration_images),

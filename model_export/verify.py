@@ -177,6 +177,25 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def int8_dot_product_flags() -> list[str]:
+    """This CPU's 8-bit dot-product features: the speed-up below depends on them.
+
+    x86 VNNI (avx512_vnni, avx_vnni) multiplies u8 x s8 natively; arm64 has asimddp (udot/sdot)
+    and i8mm. Empty where /proc/cpuinfo is unreadable (not Linux) or none are present.
+    """
+    wanted = ("avx512_vnni", "avx_vnni", "avx2", "asimddp", "i8mm")
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return []
+    found: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            found.update(value.split())
+    return [flag for flag in wanted if flag in found]
+
+
 def verify_int8(
     fp32_path: Path,
     int8_path: Path,
@@ -186,6 +205,7 @@ def verify_int8(
     *,
     trained: bool,
     calibration: str,
+    scheme: str = "",
     runs: int = 15,
 ) -> dict[str, Any]:
     """INT8 vs the verified FP32 ONNX model: agreement, size and speed-up on this machine."""
@@ -207,11 +227,13 @@ def verify_int8(
         {
             "kind": "int8: ONNX Runtime INT8 vs ONNX Runtime FP32, identical preprocessed input",
             "calibration": calibration,
+            "scheme": scheme,
             "fp32_size_bytes": fp32_size,
             "int8_size_bytes": int8_size,
             "size_ratio": round(int8_size / fp32_size, 4),
             "latency_batch1_median_ms": {"fp32": round(fp32_ms, 3), "int8": round(int8_ms, 3)},
             "speedup": round(fp32_ms / int8_ms, 3),
+            "cpu_int8_flags": int8_dot_product_flags(),
             "timing": f"median of {runs} interleaved runs, batch 1, {threads} intra-op threads "
             "each, measured on the machine that ran the export",
             "weights_trained": trained,

@@ -23,7 +23,7 @@ def fp32_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def int8_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory with model.onnx (static INT8, QDQ, per-channel, verified) and manifest.json."""
+    """Directory with model.onnx (static INT8, QDQ, U8S8, per-channel 7-bit weights, verified)."""
     from model_export import export_model
 
     out = tmp_path_factory.mktemp("int8-model")
