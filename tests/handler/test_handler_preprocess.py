@@ -210,3 +210,61 @@ def test_unusable_bytes_raise_client_errors(data, status, code):
     with pytest.raises(ApiError) as caught:
         preprocess.preprocess(data)
     assert (caught.value.status, caught.value.code) == (status, code)
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS) + sorted(VARIANTS))
+def test_bit_identical_to_torchvision(name, no_draft):
+    """Not just within tolerance: the normalization reproduces torchvision's float32 rounding."""
+    data = PHOTOS[name].read_bytes() if name in PHOTOS else VARIANTS[name]
+    np.testing.assert_array_equal(preprocess.preprocess(data), reference(data))
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [(MEAN, STD), ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]), ([0.1, 0.7, 0.3], [1.3, 0.2, 0.9])],
+)
+def test_every_pixel_value_normalizes_exactly_like_torchvision(mean, std):
+    # One 3x256 image: row r holds every value 0..255 in every channel, shifted by r.
+    values = (np.arange(256)[None, :] + 85 * np.arange(3)[:, None]) % 256
+    pixels = np.repeat(values[:, :, None], 3, axis=2).astype(np.uint8)
+    want = transforms.Normalize(mean, std)(transforms.ToTensor()(Image.fromarray(pixels))).numpy()
+    table = preprocess.normalization_table(tuple(mean), tuple(std))
+    assert table.dtype == np.float32
+    assert table.shape == (3, 256)
+    np.testing.assert_array_equal(table[:, values], want)  # [channel, row, column]
+
+
+def test_custom_spec_matches_torchvision():
+    """Another model's manifest (other mean/std/sizes) gets its own table, not ImageNet's."""
+    spec = preprocess.PreprocessSpec(
+        resize=160, crop=128, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4)
+    )
+    data = PHOTOS["coffee.png"].read_bytes()
+    preprocess.preprocess(data)  # the ImageNet table is built (and cached) first
+    tf = transforms.Compose(
+        [
+            transforms.Resize(160),
+            transforms.CenterCrop(128),
+            transforms.ToTensor(),
+            transforms.Normalize(list(spec.mean), list(spec.std)),
+        ]
+    )
+    want = tf(Image.open(io.BytesIO(data)).convert("RGB")).numpy()
+    np.testing.assert_array_equal(preprocess.preprocess(data, spec), want)
+
+
+def test_output_is_written_into_the_given_batch_row():
+    data = PHOTOS["rocket.jpg"].read_bytes()
+    batch = np.full((2, 3, 224, 224), 7.0, dtype=np.float32)
+    result = preprocess.preprocess(data, out=batch[1])
+    assert np.shares_memory(result, batch)
+    np.testing.assert_array_equal(batch[1], preprocess.preprocess(data))
+    assert (batch[0] == 7.0).all()
+
+
+def test_decode_leaves_an_upright_rgb_image_usable():
+    """In-place EXIF handling: the decoded image is loaded, upright and RGB."""
+    stored = Image.open(PHOTOS["chelsea.png"]).convert("RGB")  # 451x300
+    img = preprocess.decode_rgb(preprocess.open_image(_with_orientation(stored, 6)))
+    assert (img.mode, img.size) == ("RGB", (300, 451))
+    assert img.getexif().get(0x0112) is None
