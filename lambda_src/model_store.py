@@ -35,7 +35,23 @@ CHUNK_BYTES = 1024 * 1024
 # Lambda allocates CPU in proportion to memory: 1,769 MB is one full vCPU, 10,240 MB gets 6.
 MB_PER_VCPU = 1769
 MAX_LAMBDA_VCPUS = 6
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimddp", "sve")
+# The flags that decide which ONNX Runtime (MLAS) kernels run, as /proc/cpuinfo spells them.
+# x86: AVX2 / AVX-512 / VNNI (int8 dot products) / AMX. arm64: asimddp (Graviton2+: sdot/udot
+# int8 GEMM), i8mm (Graviton3+: MLAS switches int8 GEMM to smmla/ummla), bf16 (Graviton3+: needed
+# by ORT's opt-in bfloat16 fast-math GEMM); sve (Graviton3+) and sve2 (Graviton4 only) tell the
+# generations apart.
+CPU_FLAGS_OF_INTEREST = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
+)
 
 
 class ModelUnavailable(Exception):

@@ -276,3 +276,44 @@ def test_cpu_features_parsed_from_cpuinfo(tmp_path):
     graviton = tmp_path / "graviton"
     graviton.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp sve\nCPU part\t: 0xd40\n")
     assert model_store.cpu_features(graviton) == {"model": "0xd40", "flags": ["asimddp", "sve"]}
+
+
+# /proc/cpuinfo "Features" lines as the Linux kernel prints them on each Graviton generation.
+GRAVITON_FEATURES = {
+    "graviton2": (
+        "0xd0c",
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+        "dcpop asimddp ssbs",
+        ["asimddp"],
+    ),
+    "graviton3": (
+        "0xd40",
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma "
+        "lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca "
+        "pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng",
+        ["asimddp", "i8mm", "bf16", "sve"],
+    ),
+    "graviton4": (
+        "0xd4f",
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma "
+        "lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca "
+        "pacg dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svebf16 "
+        "i8mm bf16 dgh rng bti",
+        ["asimddp", "i8mm", "bf16", "sve", "sve2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("generation", sorted(GRAVITON_FEATURES))
+def test_cpu_features_tell_graviton_generations_apart(tmp_path, generation):
+    part, features, expected = GRAVITON_FEATURES[generation]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "".join(
+            f"processor\t: {n}\nBogoMIPS\t: 2100.00\nFeatures\t: {features}\n"
+            f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: {part}\n\n"
+            for n in range(2)
+        )
+    )
+    # svei8mm / svebf16 are distinct flags: only the exact names count.
+    assert model_store.cpu_features(cpuinfo) == {"model": part, "flags": expected}
