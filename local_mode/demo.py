@@ -8,7 +8,6 @@ stopped before exit, also on Ctrl-C or an error.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import signal
 import statistics
@@ -20,6 +19,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from classifier_client import ClassifierError, Client, RetryPolicy
+from model_export.checksum import sha256_file
 from model_export.errors import ExportError
 
 from .apispec import TemplateError, template_path
@@ -47,14 +47,6 @@ class Console:
         self(f"[{step}] {title}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def reusable_manifest(model_dir: Path) -> dict[str, Any] | None:
     """The manifest of an existing export whose model.onnx still matches it, else None."""
     try:
@@ -64,7 +56,7 @@ def reusable_manifest(model_dir: Path) -> dict[str, Any] | None:
     model = model_dir / str(manifest.get("file", "model.onnx"))
     if manifest.get("format_version") != 1 or not model.is_file():
         return None
-    return manifest if _sha256(model) == manifest.get("sha256") else None
+    return manifest if sha256_file(model) == manifest.get("sha256") else None
 
 
 def ensure_model(model_dir: Path, weights: str, fresh: bool, say: Console) -> dict[str, Any]:

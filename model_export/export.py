@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import onnx
 
 from . import onnx_export, verify
+from .checksum import sha256_file
 from .errors import ExportError, WeightsUnavailable
 from .photos import photographs
 from .preprocess import PREPROCESSING, image_files, load_image, preprocess
@@ -47,14 +47,6 @@ Quantize = Literal["none", "int8"]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .checksum import sha256_file
 from .errors import ExportError
 
 DEFAULT_PREFIX = "models"
@@ -46,14 +47,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         )
     prefix = "/".join(segment for segment in parts.path.split("/") if segment)
     return bucket, prefix or DEFAULT_PREFIX
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Progress:
@@ -130,7 +123,7 @@ def publish(model_dir: str | Path, url: str, *, log: Log | None = None) -> tuple
         raise ExportError(f"cannot read {manifest_path}: {exc}") from exc
     if not model_path.is_file():
         raise ExportError(f"{model_path} does not exist; export a model first")
-    sha256 = _sha256(model_path)
+    sha256 = sha256_file(model_path)
     if manifest.get("sha256") != sha256:
         raise ExportError(
             f"{manifest_path} does not describe {model_path} (sha256 differs); re-export"
@@ -155,7 +148,7 @@ def publish(model_dir: str | Path, url: str, *, log: Log | None = None) -> tuple
                 str(path),
                 bucket,
                 key,
-                ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": _sha256(path)}},
+                ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": sha256_file(path)}},
                 Callback=_Progress(path.name, size, log),
                 Config=transfer,
             )
@@ -179,5 +172,5 @@ def _verify_object(client: Any, bucket: str, key: str, path: Path) -> None:
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
     for chunk in iter(lambda: body.read(1 << 20), b""):
         digest.update(chunk)
-    if digest.hexdigest() != _sha256(path):
+    if digest.hexdigest() != sha256_file(path):
         raise ExportError(f"s3://{bucket}/{key} does not match {path} after upload (sha256)")

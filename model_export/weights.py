@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from collections import OrderedDict
@@ -16,6 +15,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from .checksum import sha256_file
 from .errors import ExportError, WeightsUnavailable
 
 MODEL_NAME = "resnet18"
@@ -125,14 +125,6 @@ def imagenet_model(labels: list[str] | None = None) -> LoadedModel:
         source=f"imagenet:{IMAGENET_WEIGHTS.name}",
         trained=True,
     )
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_checkpoint_object(path: Path) -> Any:
@@ -245,6 +237,6 @@ def checkpoint_model(path: Path, labels: list[str] | None = None) -> LoadedModel
         source="checkpoint",
         trained=True,
         checkpoint=path.name,
-        checkpoint_sha256=_sha256_file(path),
+        checkpoint_sha256=sha256_file(path),
         notes=notes,
     )

@@ -37,11 +37,9 @@ def model_key(sha256: str, prefix: str = MODEL_PREFIX) -> str:
 
 
 def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    # stacks/ never imports model_export (torch); the stdlib does the chunked read.
     with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
