@@ -11,13 +11,14 @@ re-exports), by the same torch/onnxruntime versions, and model.onnx still has it
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from model_export.checksum import sha256_file
 
 IMAGENET_CHECKPOINT = "resnet18-f37072fd.pth"  # torchvision IMAGENET1K_V1 file name
 SEED = 0
@@ -31,14 +32,6 @@ VARIANTS: dict[str, tuple[str, str | None, bool | None]] = {
     "int8": ("int8", None, None),
     "int8_s8s8": ("int8", "int8", False),
 }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_weights(weights: str) -> str:
@@ -102,7 +95,7 @@ def reusable(
         )
     except (OSError, ValueError, KeyError, TypeError, metadata.PackageNotFoundError):
         return False
-    return ok and _sha256(model_path) == manifest["sha256"]
+    return ok and sha256_file(model_path) == manifest["sha256"]
 
 
 def prepare(out: Path, weights: str, log: Any = print) -> dict[str, Path]:
