@@ -13,7 +13,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -281,23 +281,35 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    say = Console(sys.stdout)
-    # Ctrl-C and `kill` both unwind through the context managers that stop every server, even
-    # when a shell started us with SIGINT ignored (`make demo &`).
+def run_cli(
+    run: Callable[[], int], say: Console, *, interrupted: str, interrupted_code: int
+) -> int:
+    """Run a local-mode command: Ctrl-C and `kill` unwind through the context managers that stop
+    every server, and a user error is one line with exit 1, never a traceback."""
+    # Explicit, because a shell's `cmd &` starts programs with SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return run(args, say)
+        return run()
     except KeyboardInterrupt:
         say.stream = sys.stdout
-        say("\nInterrupted: everything was stopped.")
-        return 130
+        say(f"\n{interrupted}")
+        return interrupted_code
     except USER_ERRORS as exc:
         say.stream = sys.stdout
         say(f"\nerror: {exc}")
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    say = Console(sys.stdout)
+    return run_cli(
+        lambda: run(args, say),
+        say,
+        interrupted="Interrupted: everything was stopped.",
+        interrupted_code=130,
+    )
 
 
 if __name__ == "__main__":

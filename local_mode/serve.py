@@ -7,7 +7,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,13 +17,12 @@ from .apispec import load_spec, template_path
 from .console import stdout_to_file
 from .demo import (
     DEFAULT_MODEL_DIR,
-    USER_ERRORS,
     Console,
-    _interrupt,
     _rel,
     describe_endpoint,
     describe_weights,
     ensure_model,
+    run_cli,
 )
 from .endpoint import local_endpoint
 from .gateway import AccessRecord, render_access_log
@@ -143,24 +141,18 @@ def run(args: argparse.Namespace, say: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = Console(sys.stdout)
-    # Explicit, because a shell's `cmd &` starts programs with SIGINT ignored.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return run(args, say)
-    except KeyboardInterrupt:
-        say.stream = sys.stdout
-        say("\nStopped: gateway, S3 server and function shut down.")
-        return 0
+        return run_cli(
+            lambda: run(args, say),
+            say,
+            interrupted="Stopped: gateway, S3 server and function shut down.",
+            interrupted_code=0,
+        )
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
         say.stream = sys.stdout
         say(f"error: port {args.port} on 127.0.0.1 is in use; pass --port 0 or another port")
-        return 1
-    except USER_ERRORS as exc:
-        say.stream = sys.stdout
-        say(f"error: {exc}")
         return 1
 
 
