@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -15,6 +17,32 @@ from stacks.model_source import MANIFEST_FILE, MODEL_FILE, ModelSource
 # make CloudFormation create a new, empty bucket and orphan (prod) or delete (dev) the old one.
 MODEL_BUCKET_LOGICAL_ID = "ModelBucket"
 ACCESS_LOG_BUCKET_LOGICAL_ID = "ModelAccessLogBucket"
+
+
+def _secure_bucket(
+    scope: Construct, construct_id: str, *, removal_policy: RemovalPolicy, **props: Any
+) -> s3.Bucket:
+    """A bucket with what every bucket here gets: SSE-S3, TLS only, no public access, no ACLs,
+    versioning; ``props`` add the rest (lifecycle, access logs).
+
+    DESTROY also empties the bucket on ``cdk destroy`` (CloudFormation cannot delete a
+    non-empty bucket); RETAIN leaves bucket and objects in place.
+    """
+    return s3.Bucket(
+        scope,
+        construct_id,
+        # SSE-S3: the model is not secret, and SSE-KMS would add a KMS call (latency, cost,
+        # request quota) to every cold start's download; server access log delivery only
+        # supports SSE-S3 on its target bucket.
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        enforce_ssl=True,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        versioned=True,
+        removal_policy=removal_policy,
+        auto_delete_objects=removal_policy == RemovalPolicy.DESTROY,
+        **props,
+    )
 
 
 class ModelStore(Construct):
@@ -46,17 +74,11 @@ class ModelStore(Construct):
             log_retention: Retention of the upload custom resource's log group.
         """
         super().__init__(scope, construct_id)
-        destroy = removal_policy == RemovalPolicy.DESTROY
 
-        self.access_log_bucket = s3.Bucket(
+        self.access_log_bucket = _secure_bucket(
             self,
             "AccessLogBucket",
-            # Server access log delivery only supports SSE-S3 on the target bucket.
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=True,
+            removal_policy=removal_policy,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="ExpireAccessLogs",
@@ -64,8 +86,6 @@ class ModelStore(Construct):
                     noncurrent_version_expiration=Duration.days(1),
                 )
             ],
-            removal_policy=removal_policy,
-            auto_delete_objects=destroy,
         )
         _pin_logical_id(self.access_log_bucket, ACCESS_LOG_BUCKET_LOGICAL_ID)
         NagSuppressions.add_resource_suppressions(
@@ -79,16 +99,10 @@ class ModelStore(Construct):
             ],
         )
 
-        self.bucket = s3.Bucket(
+        self.bucket = _secure_bucket(
             self,
             "Bucket",
-            # SSE-S3: the model is not secret, and SSE-KMS would add a KMS call (latency, cost,
-            # request quota) to every cold start's download.
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            enforce_ssl=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=True,
+            removal_policy=removal_policy,
             server_access_logs_bucket=self.access_log_bucket,
             server_access_logs_prefix="model-bucket/",
             lifecycle_rules=[
@@ -98,8 +112,6 @@ class ModelStore(Construct):
                     abort_incomplete_multipart_upload_after=Duration.days(1),
                 )
             ],
-            removal_policy=removal_policy,
-            auto_delete_objects=destroy,
         )
         _pin_logical_id(self.bucket, MODEL_BUCKET_LOGICAL_ID)
 
