@@ -245,10 +245,8 @@ def show_error(say: Console, what: str, resp: Any, source: str) -> None:
     say(f"  {what:<30} -> {resp.status_code} {resp.text}   ({source})")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m local_mode.demo", description=__doc__.split("\n")[0]
-    )
+def add_endpoint_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `demo` and `serve`: which model and which stack the endpoint mirrors."""
     p.add_argument(
         "--model-dir",
         type=Path,
@@ -260,20 +258,27 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="weights when exporting: auto (pretrained if downloadable), imagenet, random",
     )
-    p.add_argument("--fresh", action="store_true", help="export again even if the model is there")
     p.add_argument(
         "--template",
         type=Path,
         default=None,
         help=f"synthesized stack to mirror (default {_rel(template_path())})",
     )
+    p.add_argument("--no-throttle", action="store_true", help="ignore the usage plan's rate limit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m local_mode.demo", description=__doc__.split("\n")[0]
+    )
+    add_endpoint_options(p)
+    p.add_argument("--fresh", action="store_true", help="export again even if the model is there")
     p.add_argument(
         "--function-log",
         type=Path,
         default=DEFAULT_FUNCTION_LOG,
         help="where the function's logs go (default build/local/function.log)",
     )
-    p.add_argument("--no-throttle", action="store_true", help="ignore the usage plan's rate limit")
     return p
 
 

@@ -13,12 +13,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .apispec import load_spec, template_path
+from .apispec import load_spec
 from .console import stdout_to_file
 from .demo import (
-    DEFAULT_MODEL_DIR,
     Console,
-    _rel,
+    add_endpoint_options,
     describe_endpoint,
     describe_weights,
     ensure_model,
@@ -32,13 +31,7 @@ DEFAULT_PORT = 3000  # what `sam local start-api` uses; pass --port 0 for any fr
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m local_mode.serve", description=__doc__)
-    p.add_argument(
-        "--model-dir",
-        type=Path,
-        default=DEFAULT_MODEL_DIR,
-        help="artifact directory to reuse or export into (default build/model)",
-    )
-    p.add_argument("--weights", default="auto", help="weights when exporting (default auto)")
+    add_endpoint_options(p)
     p.add_argument(
         "--port",
         type=int,
@@ -51,18 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         help="API key to require (default: $LOCAL_API_KEY, else a random one)",
     )
     p.add_argument(
-        "--template",
-        type=Path,
-        default=None,
-        help=f"synthesized stack to mirror (default {_rel(template_path())})",
-    )
-    p.add_argument(
         "--function-log",
         type=Path,
         default=None,
         help="write the function's logs to this file instead of stdout",
     )
-    p.add_argument("--no-throttle", action="store_true", help="ignore the usage plan's rate limit")
     p.add_argument(
         "--short-access-log",
         action="store_true",
