@@ -73,6 +73,15 @@ class ModelSource:
         return self.key.rpartition("/")[0]
 
     @property
+    def store_prefix(self) -> str:
+        """The content-addressed root every model lives under (``models``): the key's folders
+        before ``<sha256>``. Older versions of the function read their own models from there
+        during a canary or after a rollback."""
+        segments = self.key.split("/")
+        cut = segments.index(self.sha256) if self.sha256 in segments else len(segments) - 2
+        return "/".join(segments[: max(cut, 0)])
+
+    @property
     def min_ephemeral_storage_mb(self) -> int | None:
         """Smallest ``/tmp`` that fits two copies of the model plus headroom, in MB."""
         if self.size_bytes is None:
@@ -87,6 +96,10 @@ class ModelSource:
             raise ModelSourceError(
                 f"model_key {key!r} is not content-addressed by model_sha256 {sha256}: "
                 f"expected {model_key(sha256)}"
+            )
+        if not source.store_prefix:
+            raise ModelSourceError(
+                f"model_key {key!r} must sit under a prefix: expected {model_key(sha256)}"
             )
         return source
 

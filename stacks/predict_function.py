@@ -15,6 +15,7 @@ from constructs import Construct
 
 from stacks.config import Architecture
 from stacks.model_source import ModelSource
+from stacks.model_store import MODEL_BUCKET_LOGICAL_ID
 
 LAMBDA_SRC = Path(__file__).resolve().parent.parent / "lambda_src"
 FUNCTION_LOGICAL_ID = "PredictFunction"
@@ -58,7 +59,7 @@ class PredictFunction(Construct):
     ) -> None:
         """
         Args:
-            bucket: Model bucket; the function may read exactly ``model.key`` from it.
+            bucket: Model bucket; the function may read ``<model.store_prefix>/*`` from it.
             model: Key and sha256 pinned into the environment.
             architecture: ``x86_64`` or ``arm64``; also the image build platform.
             memory_mb: Memory in MB.
@@ -91,14 +92,18 @@ class PredictFunction(Construct):
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Predict function: write its own logs, read its one model object",
+            description="Predict function: write its own logs, read content-addressed models",
         )
         self.log_group.grant_write(self.role)
+        # Every version shares this role, and CloudFormation updates the policy before CodeDeploy
+        # shifts traffic: a grant on only the new model's key would 503 the old version's new
+        # environments during a canary and after any rollback. So: read any content-addressed
+        # model; the handler's sha256 check against MODEL_SHA256 is what pins the bytes.
         self.role.add_to_policy(
             iam.PolicyStatement(
-                sid="ReadTheDeployedModel",
+                sid="ReadContentAddressedModels",
                 actions=["s3:GetObject"],
-                resources=[bucket.arn_for_objects(model.key)],
+                resources=[bucket.arn_for_objects(f"{model.store_prefix}/*")],
             )
         )
 
@@ -139,8 +144,14 @@ class PredictFunction(Construct):
                 NagPackSuppression(
                     id="AwsSolutions-IAM5",
                     reason="Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords "
-                    "support no resource-level permissions.",
-                    applies_to=["Resource::*"],
+                    "support no resource-level permissions. s3:GetObject under the "
+                    "content-addressed model prefix: every function version shares this role "
+                    "and must still read its own model during a canary or after a rollback; the "
+                    "handler verifies the sha256.",
+                    applies_to=[
+                        "Resource::*",
+                        f"Resource::<{MODEL_BUCKET_LOGICAL_ID}.Arn>/{model.store_prefix}/*",
+                    ],
                 )
             ],
         )

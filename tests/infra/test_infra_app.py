@@ -192,6 +192,21 @@ def test_published_key_must_be_content_addressed_by_its_digest() -> None:
         ModelSource.published(key="models/latest/model.onnx", sha256="cd" * 32)
 
 
+def test_published_key_must_sit_under_a_prefix() -> None:
+    # The function may read the whole content-addressed prefix; a bare <sha256>/ key would
+    # make that the whole bucket.
+    sha256 = "cd" * 32
+    with pytest.raises(ModelSourceError, match="must sit under a prefix"):
+        ModelSource.published(key=f"{sha256}/model.onnx", sha256=sha256)
+
+
+def test_store_prefix_is_the_folder_above_the_digest(fake_model: FakeModel) -> None:
+    sha256 = "cd" * 32
+    custom = ModelSource.published(key=f"team/models/{sha256}/model.onnx", sha256=sha256)
+    assert custom.store_prefix == "team/models"
+    assert ModelSource.from_artifact_dir(fake_model.directory).store_prefix == "models"
+
+
 def test_published_digest_must_be_sha256_hex() -> None:
     with pytest.raises(ModelSourceError, match="64 lowercase hex"):
         ModelSource.published(key="models/abc/model.onnx", sha256="abc")

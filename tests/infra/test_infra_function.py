@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import replace
 from typing import Any
@@ -121,20 +122,51 @@ def function_statements(raw: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def test_function_reads_exactly_the_model_object_and_nothing_else_in_s3(
-    raw: dict[str, Any], fake_model: FakeModel
-) -> None:
-    s3 = [
+MODELS_UNDER_BUCKET = {"Fn::Join": ["", [{"Fn::GetAtt": ["ModelBucket", "Arn"]}, "/models/*"]]}
+
+
+def s3_statements(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
         s for s in function_statements(raw) if any(a.startswith("s3:") for a in _list(s["Action"]))
     ]
-    assert len(s3) == 1
-    assert s3[0]["Action"] == "s3:GetObject"
-    assert s3[0]["Resource"] == {
-        "Fn::Join": [
-            "",
-            [{"Fn::GetAtt": ["ModelBucket", "Arn"]}, f"/models/{fake_model.sha256}/model.onnx"],
-        ]
-    }
+
+
+def test_function_reads_only_content_addressed_models_and_nothing_else_in_s3(
+    raw: dict[str, Any],
+) -> None:
+    # One statement, one action, one resource: objects under models/ in the model bucket.
+    # Not the bucket, not every object, no List/Put/Delete.
+    (statement,) = s3_statements(raw)
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == "s3:GetObject"
+    assert statement["Resource"] == MODELS_UNDER_BUCKET
+
+
+def readable_keys_pattern(raw: dict[str, Any]) -> str:
+    """The object-key glob the function's single s3:GetObject grant allows in ModelBucket."""
+    (statement,) = s3_statements(raw)
+    bucket_arn, suffix = statement["Resource"]["Fn::Join"][1]
+    assert bucket_arn == {"Fn::GetAtt": ["ModelBucket", "Arn"]}
+    assert suffix.startswith("/")
+    return str(suffix[1:])
+
+
+def test_a_new_models_template_still_lets_the_previous_version_read_its_model(
+    tmp_path_factory: pytest.TempPathFactory, synthesized: Any, fake_model: FakeModel
+) -> None:
+    # During a canary or after a rollback the previous version runs with the new template's
+    # role (all versions share it), so its MODEL_KEY must stay readable.
+    other = write_fake_model(tmp_path_factory.mktemp("next-model"), b"the next model")
+    app = new_app(outdir=tmp_path_factory.mktemp("cdk-out-next"))
+    (stack,) = add_stages(app, stages=[PROD], model=ModelSource.from_artifact_dir(other.directory))
+    after = Template.from_stack(stack).to_json()
+    before_key = function(synthesized.raw["prod"])["Environment"]["Variables"]["MODEL_KEY"]
+    after_key = function(after)["Environment"]["Variables"]["MODEL_KEY"]
+    assert before_key == f"models/{fake_model.sha256}/model.onnx" != after_key
+    pattern = readable_keys_pattern(after)
+    assert fnmatch.fnmatchcase(before_key, pattern)
+    assert fnmatch.fnmatchcase(after_key, pattern)
+    assert not fnmatch.fnmatchcase("uploads/other.bin", pattern)
 
 
 def test_function_writes_only_to_its_own_log_group(raw: dict[str, Any]) -> None:
