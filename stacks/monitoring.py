@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from cdk_monitoring_constructs import (
     AlarmFactoryDefaults,
     CustomMetricGroup,
+    CustomMetricWithAlarm,
+    CustomThreshold,
     DefaultDashboardFactory,
     ErrorCountThreshold,
     ErrorRateThreshold,
@@ -32,7 +35,11 @@ LATENCIES = [LatencyType.P50, LatencyType.P90, LatencyType.P99]
 class ServingMonitoring(Construct):
     """Dashboard + alarms for the API, the alias ``live`` and the function's own EMF metrics.
 
-    ``rollback_alarms`` are the alarms CodeDeploy watches while shifting traffic.
+    ``rollback_alarms`` are the alarms CodeDeploy watches while shifting traffic: what the new
+    version does wrong (its own errors, by ``ExecutedVersion``) and what callers get (the API's
+    5XX rate). Everything else, latency included, only notifies: during a canary provisioned
+    concurrency is split by weight, so the new version runs largely on cold on-demand
+    environments and a latency alarm would roll back a healthy release.
     """
 
     def __init__(
@@ -84,6 +91,28 @@ class ServingMonitoring(Construct):
                     "stage is not worth it for this payload. TLS is enforced (SNS3).",
                 )
             ],
+        )
+        # enforce_ssl gives the topic a policy with only the TLS Deny, and any topic policy
+        # replaces SNS's default one: without this Allow, CloudWatch may not publish and every
+        # alarm notification is dropped. Scoped to this account's alarms of this stack.
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowThisStacksAlarmsToPublish",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Stack.of(self).account},
+                    "ArnLike": {
+                        "aws:SourceArn": Stack.of(self).format_arn(
+                            service="cloudwatch",
+                            resource="alarm",
+                            resource_name=f"{stack_name}-*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    },
+                },
+            )
         )
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
@@ -176,6 +205,56 @@ class ServingMonitoring(Construct):
             },
             add_provisioned_concurrency_spillover_invocations_count_alarm=spillover_alarm,
         )
+        # Errors of the version alias live points at in this template (the new one during a
+        # rollout), counted by ExecutedVersion: the old version's errors cannot roll back the
+        # new one. Lambda publishes alias metrics with FunctionName, Resource=<function>:<alias>
+        # and ExecutedVersion.
+        function_name = alias.version.lambda_.function_name
+        release_dims = {
+            "FunctionName": function_name,
+            "Resource": f"{function_name}:{alias.alias_name}",
+            "ExecutedVersion": alias.version.version,
+        }
+
+        def release(metric_name: str) -> cloudwatch.Metric:
+            return cloudwatch.Metric(
+                namespace="AWS/Lambda",
+                metric_name=metric_name,
+                dimensions_map=release_dims,
+                statistic="Sum",
+                label=f"{metric_name} (this release)",
+                period=Duration.minutes(1),
+            )
+
+        self.facade.monitor_custom(
+            human_readable_name="This release (the version live points at)",
+            alarm_friendly_name="Release",
+            metric_groups=[
+                CustomMetricGroup(
+                    title="This release: invocations and errors",
+                    metrics=[
+                        release("Invocations"),
+                        CustomMetricWithAlarm(
+                            metric=release("Errors"),
+                            alarm_friendly_name="Errors",
+                            add_alarm={
+                                "Critical": CustomThreshold(
+                                    comparison_operator=(
+                                        cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
+                                    ),
+                                    threshold=function_errors_max,
+                                    # No invocations of the new version yet is not a failure.
+                                    treat_missing_data_override=(
+                                        cloudwatch.TreatMissingData.NOT_BREACHING
+                                    ),
+                                )
+                            },
+                        ),
+                    ],
+                )
+            ],
+        )
+
         self.facade.monitor_custom(
             human_readable_name="Concurrency",
             alarm_friendly_name="Concurrency",
@@ -202,13 +281,18 @@ class ServingMonitoring(Construct):
         )
 
         self.facade.add_large_header(f"{stack_name}: model (custom metrics, {METRICS_NAMESPACE})")
+        # Exactly the dimension sets the handler emits (a test runs it and compares): its own
+        # metrics carry `service`; Powertools' ColdStart carries `function_name` and `service`.
         service_dims = {"service": service_name}
+        cold_start_dims = {"function_name": function_name, "service": service_name}
 
-        def emf(name: str, statistic: str) -> cloudwatch.Metric:
+        def emf(
+            name: str, statistic: str, dimensions: dict[str, str] = service_dims
+        ) -> cloudwatch.Metric:
             return cloudwatch.Metric(
                 namespace=METRICS_NAMESPACE,
                 metric_name=name,
-                dimensions_map=service_dims,
+                dimensions_map=dimensions,
                 statistic=statistic,
                 label=f"{name} {statistic}",
                 period=Duration.minutes(1),
@@ -226,13 +310,28 @@ class ServingMonitoring(Construct):
                     title="Inference (ms)",
                     metrics=[emf("InferenceMs", s) for s in ("p50", "p90", "p99")],
                 ),
-                CustomMetricGroup(title="Cold starts", metrics=[emf("ColdStart", "Sum")]),
+                CustomMetricGroup(
+                    title="Cold starts", metrics=[emf("ColdStart", "Sum", cold_start_dims)]
+                ),
             ],
         )
 
         assert dashboards.dashboard is not None
         self.dashboard_name = dashboards.dashboard.dashboard_name
         self.alarms = [entry.alarm for entry in self.facade.created_alarms()]
+        (self.release_errors_alarm,) = self.alarms_named("-Release-Errors-")
+        (self.api_5xx_alarm,) = self.alarms_named("-Api-Fault-Rate-")
+        self.rollback_alarms: list[cloudwatch.IAlarm] = [
+            self.release_errors_alarm,
+            self.api_5xx_alarm,
+        ]
+        # CloudFormation retargets the alarm to the new version before it updates the alias,
+        # which is what starts CodeDeploy's traffic shifting.
+        cfn_alias = alias.node.default_child
+        cfn_alarm = self.release_errors_alarm.node.default_child
+        assert isinstance(cfn_alias, lambda_.CfnAlias)
+        assert isinstance(cfn_alarm, cloudwatch.CfnAlarm)
+        cfn_alias.add_resource_dependency(cfn_alarm)
 
     def alarms_named(self, *fragments: str) -> list[cloudwatch.IAlarm]:
         """Alarms whose construct id contains any of ``fragments``."""

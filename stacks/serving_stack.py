@@ -104,8 +104,8 @@ class ServingStack(Stack):
             "Rollout",
             alias=predict.alias,
             deployment_config=config.deployment_config,
-            # The new version's own errors and latency, and what callers see of it.
-            alarms=monitoring.alarms_named("Fault", "Latency", "5XX"),
+            # The new version's own errors and the API's 5XX rate; latency alarms only notify.
+            alarms=monitoring.rollback_alarms,
         )
 
         CfnOutput(self, "EndpointUrl", value=api.api.url, description="Base URL; POST <url>predict")

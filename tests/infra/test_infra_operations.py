@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
@@ -15,13 +16,18 @@ def alarms(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {lid: r["Properties"] for lid, r in resources_of(raw, "AWS::CloudWatch::Alarm").items()}
 
 
-def alarm_on(raw: dict[str, Any], namespace: str, metric_name: str) -> tuple[str, dict[str, Any]]:
+def alarm_on(
+    raw: dict[str, Any], namespace: str, metric_name: str, *, per_version: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The one alarm on namespace/metric_name; ``per_version``: the one by ExecutedVersion."""
     found = [
         (lid, props)
         for lid, props in alarms(raw).items()
         for query in props["Metrics"]
         if query["MetricStat"]["Metric"]["Namespace"] == namespace
         and query["MetricStat"]["Metric"]["MetricName"] == metric_name
+        and per_version
+        == any(d["Name"] == "ExecutedVersion" for d in query["MetricStat"]["Metric"]["Dimensions"])
     ]
     assert len(found) == 1, f"expected one alarm on {namespace}/{metric_name}, got {found}"
     return found[0]
@@ -67,17 +73,63 @@ def test_deployment_rolls_back_on_failure_and_on_alarm(raw: dict[str, Any]) -> N
     assert "DEPLOYMENT_FAILURE" in rollback["Events"]
 
 
-def test_deployment_watches_function_errors_latency_and_api_5xx_alarms(
+def test_deployment_rolls_back_only_on_the_release_errors_and_the_api_5xx_rate(
     raw: dict[str, Any],
 ) -> None:
+    config = deployment_group(raw)["AlarmConfiguration"]
+    assert config["Enabled"] is True
+    watched = [alarm["Name"]["Ref"] for alarm in config["Alarms"]]
+    assert sorted(watched) == sorted(
+        [
+            alarm_on(raw, "AWS/Lambda", "Errors", per_version=True)[0],
+            alarm_on(raw, "AWS/ApiGateway", "5XXError")[0],
+        ]
+    )
+
+
+def test_latency_and_whole_alias_alarms_only_notify(raw: dict[str, Any]) -> None:
+    # A canary runs mostly on cold on-demand environments (provisioned concurrency is split by
+    # weight), and the alias's errors include the old version's: neither may roll back.
     watched = {a["Name"]["Ref"] for a in deployment_group(raw)["AlarmConfiguration"]["Alarms"]}
-    assert deployment_group(raw)["AlarmConfiguration"]["Enabled"] is True
-    assert watched == {
-        alarm_on(raw, "AWS/Lambda", "Errors")[0],
-        alarm_on(raw, "AWS/Lambda", "Duration")[0],
-        alarm_on(raw, "AWS/ApiGateway", "5XXError")[0],
+    notify_only = {
         alarm_on(raw, "AWS/ApiGateway", "Latency")[0],
+        alarm_on(raw, "AWS/Lambda", "Duration")[0],
+        alarm_on(raw, "AWS/Lambda", "Errors")[0],
     }
+    assert not notify_only & watched
+    topic = {"Ref": topic_id(raw)}
+    for logical_id in notify_only:
+        assert alarms(raw)[logical_id]["AlarmActions"] == [topic]
+
+
+def test_release_errors_alarm_counts_the_new_versions_errors_only(
+    stage: str, raw: dict[str, Any]
+) -> None:
+    _, alias = only(raw, "AWS::Lambda::Alias")
+    version_id = alias["Properties"]["FunctionVersion"]["Fn::GetAtt"][0]
+    assert raw["Resources"][version_id]["Type"] == "AWS::Lambda::Version"
+    _, props = alarm_on(raw, "AWS/Lambda", "Errors", per_version=True)
+    # Lambda's dimension set for an alias invocation, by the version that ran it.
+    assert dimensions(props) == {
+        "FunctionName": {"Ref": "PredictFunction"},
+        "Resource": LIVE,
+        "ExecutedVersion": {"Fn::GetAtt": [version_id, "Version"]},
+    }
+    assert metric_of(props)["Stat"] == "Sum"
+    assert metric_of(props)["Period"] == 60
+    assert props["Threshold"] == EXPECTED[stage]["errors_per_minute"]
+    assert props["ComparisonOperator"] == "GreaterThanThreshold"
+    # Before the new version has any traffic there is no data, which is not a failure.
+    assert props["TreatMissingData"] == "notBreaching"
+
+
+def test_alias_update_waits_for_the_release_alarm_to_follow_the_new_version(
+    raw: dict[str, Any],
+) -> None:
+    # The alias update is what starts CodeDeploy; the alarm must watch the new version by then.
+    alarm_id, _ = alarm_on(raw, "AWS/Lambda", "Errors", per_version=True)
+    _, alias = only(raw, "AWS::Lambda::Alias")
+    assert alarm_id in alias.get("DependsOn", [])
 
 
 # --- alarms ----------------------------------------------------------------------------
@@ -147,13 +199,54 @@ def test_every_alarm_notifies_the_topic_on_alarm_and_on_recovery(raw: dict[str, 
         assert props["ActionsEnabled"] is True
 
 
-def test_alarm_topic_rejects_non_tls_publishers(raw: dict[str, Any]) -> None:
-    topic = {"Ref": topic_id(raw)}
+def topic_statements(raw: dict[str, Any]) -> list[dict[str, Any]]:
     _, policy = only(raw, "AWS::SNS::TopicPolicy")
-    assert policy["Properties"]["Topics"] == [topic]
-    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
-    assert statement["Effect"] == "Deny"
-    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert policy["Properties"]["Topics"] == [{"Ref": topic_id(raw)}]
+    return list(policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def test_alarm_topic_rejects_non_tls_publishers(raw: dict[str, Any]) -> None:
+    (deny,) = [s for s in topic_statements(raw) if s["Effect"] == "Deny"]
+    assert deny["Principal"] == "*"
+    assert deny["Action"] == "sns:Publish"
+    assert deny["Resource"] == {"Ref": topic_id(raw)}
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_alarm_topic_lets_this_stacks_alarms_publish(stage: str, raw: dict[str, Any]) -> None:
+    # A topic policy replaces SNS's default one: without this Allow, no alarm notification
+    # is ever delivered.
+    (allow,) = [s for s in topic_statements(raw) if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert allow["Action"] == "sns:Publish"
+    assert allow["Resource"] == {"Ref": topic_id(raw)}
+    stack_id = EXPECTED[stage]["stack_id"]
+    assert allow["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+        "ArnLike": {
+            "aws:SourceArn": {
+                "Fn::Join": [
+                    "",
+                    [
+                        "arn:",
+                        {"Ref": "AWS::Partition"},
+                        ":cloudwatch:",
+                        {"Ref": "AWS::Region"},
+                        ":",
+                        {"Ref": "AWS::AccountId"},
+                        f":alarm:{stack_id}-*",
+                    ],
+                ]
+            }
+        },
+    }
+
+
+def test_every_alarm_name_is_covered_by_the_topic_policy(stage: str, raw: dict[str, Any]) -> None:
+    pattern = f"{EXPECTED[stage]['stack_id']}-*"
+    names = [props["AlarmName"] for props in alarms(raw).values()]
+    assert names
+    assert all(isinstance(name, str) and fnmatch.fnmatchcase(name, pattern) for name in names)
 
 
 def test_no_email_subscription_without_a_configured_address(template: Template) -> None:
@@ -201,8 +294,18 @@ def test_dashboard_shows_the_functions_own_metrics_by_service(
 ) -> None:
     body = dashboard_body(raw)
     service = EXPECTED[stage]["service"]
-    for metric in ("ModelLoadMs", "InferenceMs", "ColdStart"):
+    for metric in ("ModelLoadMs", "InferenceMs"):
         assert f'"ResnetServing","{metric}","service","{service}"' in body, metric
+    # Powertools' ColdStart also carries function_name (the handler test checks every
+    # dashboard metric against the EMF the real handler prints).
+    cold_start = '"ResnetServing","ColdStart","function_name","{"Ref": "PredictFunction"}",'
+    assert f'{cold_start}"service","{service}"' in body
+
+
+def test_dashboard_shows_the_release_by_executed_version(raw: dict[str, Any]) -> None:
+    body = dashboard_body(raw)
+    for metric in ("Invocations", "Errors"):
+        assert f'"AWS/Lambda","{metric}","ExecutedVersion",' in body, metric
 
 
 def test_dashboard_url_is_an_output(raw: dict[str, Any]) -> None:
