@@ -8,6 +8,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAGE  ?= dev
 MODEL_DIR ?= build/model
+# ALARM_EMAIL=oncall@example.com subscribes that address to the alarm topic (make deploy/diff).
+ALARM_CONTEXT = $(if $(ALARM_EMAIL),-c alarm_email='$(ALARM_EMAIL)')
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii >= 1.1xx names the Node 20 banner differently; it takes the major version(s).
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -72,10 +74,10 @@ cost: install ## Monthly cost model: on-demand vs provisioned concurrency
 	$(PY) -m bench.cost
 
 deploy: install $(MODEL_DIR)/manifest.json ## Deploy STAGE (dev|prod) to the current AWS account
-	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) --outputs-file cdk-outputs-$(STAGE).json
+	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT) --outputs-file cdk-outputs-$(STAGE).json
 
 diff: install $(MODEL_DIR)/manifest.json ## Show what a deploy of STAGE would change
-	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)
+	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT)
 
 destroy: install $(MODEL_DIR)/manifest.json ## Delete STAGE's stack (see README for what stays behind)
 	npx cdk destroy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)

@@ -6,6 +6,8 @@ Context (all optional):
   -c model_dir=PATH          exporter artifact dir (default: build/model); relative to the repo
   -c model_key=models/<sha256>/model.onnx -c model_sha256=<sha256>
                              serve an already-published model instead (no upload)
+  -c alarm_email=ADDRESS     subscribe ADDRESS to the alarm topic of the stage(s) synthesized
+                             (overrides StageConfig.alarm_email; empty = no subscription)
 
 The stacks are environment-agnostic on purpose: synth needs no credentials and no lookups,
 and `cdk deploy` targets the account/region of the current AWS profile.
@@ -14,6 +16,7 @@ and `cdk deploy` targets the account/region of the current AWS profile.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from aws_cdk import App
@@ -49,6 +52,14 @@ def main() -> int:
     except ModelSourceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+    alarm_email = ctx("alarm_email")
+    if alarm_email is not None:
+        try:
+            stages = [replace(s, alarm_email=str(alarm_email).strip() or None) for s in stages]
+        except ValueError as error:  # StageConfig's own validation, one line
+            print(f"error: -c alarm_email: {error}", file=sys.stderr)
+            return 2
 
     add_stages(app, stages=stages, model=model)
     app.synth()

@@ -7,6 +7,7 @@ templates under ``templates/``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,6 +15,8 @@ from aws_cdk import RemovalPolicy
 from aws_cdk.aws_logs import RetentionDays
 
 Architecture = Literal["x86_64", "arm64"]
+# One address, as SNS's email protocol takes it: no display name, no list.
+_EMAIL = re.compile(r"^[^@\s,;<>\"']+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 # API Gateway cuts REST integrations at 29 s; the function must give up first so the
 # caller gets the function's own error instead of a gateway 504.
@@ -62,7 +65,8 @@ class StageConfig:
         duration_timeout_fraction: Alarm when function duration p99 exceeds this fraction (0-1)
             of the timeout.
         spillover_max: Provisioned-concurrency spillover invocations per minute before alarming.
-        alarm_email: E-mail subscribed to the alarm topic, or ``None``.
+        alarm_email: E-mail subscribed to the alarm topic, or ``None``; ``-c alarm_email=...``
+            overrides it for the stage(s) being synthesized (``app.py``).
         log_retention: Retention of the function, API access and deployment log groups.
         access_log_expiration_days: Days the bucket's server access logs are kept, in days.
         noncurrent_version_expiration_days: Days before noncurrent model object versions expire.
@@ -127,6 +131,11 @@ class StageConfig:
             problems.append("api_5xx_rate_max and duration_timeout_fraction must be in (0, 1)")
         if self.latency_slo_ms >= self.timeout_seconds * 1000:
             problems.append("latency_slo_ms must be below the function timeout")
+        if self.alarm_email is not None and not _EMAIL.match(self.alarm_email):
+            problems.append(
+                f"alarm_email {self.alarm_email!r} is not an e-mail address "
+                "(like oncall@example.com)"
+            )
         if problems:
             raise ValueError(f"StageConfig {self.name!r}: " + "; ".join(problems))
 

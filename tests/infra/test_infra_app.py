@@ -95,6 +95,59 @@ def test_app_serves_a_published_model_for_the_one_stage_asked_for(tmp_path: Path
     )
 
 
+def email_subscriptions(outdir: Path, stack_id: str) -> list[str]:
+    template = json.loads((outdir / f"{stack_id}.template.json").read_text(encoding="utf-8"))
+    return [
+        resource["Properties"]["Endpoint"]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::SNS::Subscription"
+        and resource["Properties"]["Protocol"] == "email"
+    ]
+
+
+@pytest.mark.slow
+def test_alarm_email_from_context_subscribes_every_stage_synthesized(
+    tmp_path: Path, fake_model: FakeModel
+) -> None:
+    result = run_app(
+        tmp_path, model_dir=str(fake_model.directory), alarm_email="oncall+resnet@example.com"
+    )
+    assert result.returncode == 0, result.stderr
+    for stack_id in ("ResnetServingDev", "ResnetServingProd"):
+        assert email_subscriptions(tmp_path, stack_id) == ["oncall+resnet@example.com"]
+
+
+def test_malformed_alarm_email_is_refused_in_one_line(
+    tmp_path: Path, fake_model: FakeModel
+) -> None:
+    result = run_app(
+        tmp_path, stage="dev", model_dir=str(fake_model.directory), alarm_email="oncall@example"
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "alarm_email 'oncall@example' is not an e-mail address" in lines[0]
+    assert not (tmp_path / "ResnetServingDev.template.json").exists()
+
+
+@pytest.mark.parametrize("target", ["deploy", "diff"])
+def test_make_passes_alarm_email_to_the_cdk_context(target: str, fake_model: FakeModel) -> None:
+    def cdk_line(*variables: str) -> str:
+        # -n prints the recipe without running it (no AWS, no Docker).
+        result = subprocess.run(
+            ["make", "-n", target, "STAGE=dev", f"MODEL_DIR={fake_model.directory}", *variables],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return next(line for line in result.stdout.splitlines() if f"cdk {target}" in line)
+
+    assert "-c alarm_email='oncall@example.com'" in cdk_line("ALARM_EMAIL=oncall@example.com")
+    assert "alarm_email" not in cdk_line()
+
+
 def test_default_run_synthesizes_every_stage(synthesized: Any) -> None:
     assert sorted(stack.stack_name for stack in synthesized.stacks.values()) == [
         "ResnetServingDev",
@@ -126,6 +179,9 @@ def test_stages_are_dev_and_prod_with_matching_stack_ids() -> None:
         ({"deployment_config": "CANARY_50PERCENT"}, "deployment_config must be one of"),
         ({"architecture": "sparc"}, "architecture"),
         ({"latency_slo_ms": 20_000}, "latency_slo_ms must be below"),
+        ({"alarm_email": "oncall"}, "alarm_email 'oncall' is not an e-mail address"),
+        ({"alarm_email": "On Call <oncall@example.com>"}, "is not an e-mail address"),
+        ({"alarm_email": "a@example.com,b@example.com"}, "is not an e-mail address"),
     ],
 )
 def test_stage_config_rejects_inconsistent_values(change: dict[str, Any], message: str) -> None:
