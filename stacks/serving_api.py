@@ -61,8 +61,8 @@ class ServingApi(Construct):
             throttle_burst: Usage plan burst, requests.
             quota_per_day: Requests per day per key.
             iam_auth: Require SigV4 (IAM) on every route in addition to the API key.
-            log_retention: Access log retention.
-            removal_policy: Access log group removal policy.
+            log_retention: Access and execution log retention.
+            removal_policy: Access and execution log groups' removal policy.
         """
         super().__init__(scope, construct_id)
         self.access_logs = logs.LogGroup(
@@ -98,6 +98,17 @@ class ServingApi(Construct):
         )
         # EndpointUrl is the stack's documented output; drop the RestApi's generated twin.
         self.api.node.try_remove_child("Endpoint")
+        # API Gateway writes execution logs to a group it creates itself, named exactly so, that
+        # never expires and outlives the stack. Created first, it is CloudFormation's: the
+        # stage's retention, and deleted (dev) or retained (prod) with the stack.
+        self.execution_logs = logs.LogGroup(
+            self,
+            "ExecutionLogs",
+            log_group_name=f"API-Gateway-Execution-Logs_{self.api.rest_api_id}/{API_STAGE_NAME}",
+            retention=log_retention,
+            removal_policy=removal_policy,
+        )
+        self.api.deployment_stage.node.add_dependency(self.execution_logs)
         validator = self.api.add_request_validator(
             "RequestValidator",
             validate_request_parameters=True,

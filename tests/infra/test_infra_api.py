@@ -134,6 +134,27 @@ def test_api_stage_has_execution_metrics_error_logs_and_tracing(raw: dict[str, A
     ]
 
 
+def test_execution_log_group_is_created_by_the_stack_before_the_stage(
+    stage: str, raw: dict[str, Any]
+) -> None:
+    # API Gateway would otherwise create this exact name itself: never expiring, and left
+    # behind by `cdk destroy`.
+    api_id, _ = only(raw, "AWS::ApiGateway::RestApi")
+    expected_name = {"Fn::Join": ["", ["API-Gateway-Execution-Logs_", {"Ref": api_id}, "/v1"]]}
+    groups = {
+        logical_id: group
+        for logical_id, group in resources_of(raw, "AWS::Logs::LogGroup").items()
+        if group["Properties"].get("LogGroupName") == expected_name
+    }
+    assert len(groups) == 1, groups
+    ((group_id, group),) = groups.items()
+    assert group["Properties"]["RetentionInDays"] == EXPECTED[stage]["log_retention_days"]
+    assert group["DeletionPolicy"] == EXPECTED[stage]["deletion_policy"]
+    _, stage_resource = only(raw, "AWS::ApiGateway::Stage")
+    assert stage_resource["Properties"]["StageName"] == "v1"
+    assert group_id in stage_resource["DependsOn"]
+
+
 def test_api_logging_role_is_kept_because_the_account_shares_it(template: Template) -> None:
     template.has_resource("AWS::ApiGateway::Account", {"DeletionPolicy": "Retain"})
 
