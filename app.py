@@ -8,6 +8,8 @@ Context (all optional):
                              serve an already-published model instead (no upload)
   -c alarm_email=ADDRESS     subscribe ADDRESS to the alarm topic of the stage(s) synthesized
                              (overrides StageConfig.alarm_email; empty = no subscription)
+  -c slack_workspace_id=T... -c slack_channel_id=C...
+                             also send alarms to that Slack channel through AWS Chatbot
 
 The stacks are environment-agnostic on purpose: synth needs no credentials and no lookups,
 and `cdk deploy` targets the account/region of the current AWS profile.
@@ -53,12 +55,17 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    alarm_email = ctx("alarm_email")
-    if alarm_email is not None:
+    # Where alarms go: context overrides the stage's fields (empty value = none).
+    notify = {
+        key: str(value).strip() or None
+        for key in ("alarm_email", "slack_workspace_id", "slack_channel_id")
+        if (value := ctx(key)) is not None
+    }
+    if notify:
         try:
-            stages = [replace(s, alarm_email=str(alarm_email).strip() or None) for s in stages]
+            stages = [replace(s, **notify) for s in stages]
         except ValueError as error:  # StageConfig's own validation, one line
-            print(f"error: -c alarm_email: {error}", file=sys.stderr)
+            print(f"error: -c {' -c '.join(notify)}: {error}", file=sys.stderr)
             return 2
 
     add_stages(app, stages=stages, model=model)

@@ -17,6 +17,9 @@ from aws_cdk.aws_logs import RetentionDays
 Architecture = Literal["x86_64", "arm64"]
 # One address, as SNS's email protocol takes it: no display name, no list.
 _EMAIL = re.compile(r"^[^@\s,;<>\"']+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# AWS Chatbot's patterns for the Slack workspace (team) and channel IDs.
+_SLACK_WORKSPACE_ID = re.compile(r"^[0-9A-Z]{1,255}$")
+_SLACK_CHANNEL_ID = re.compile(r"^[A-Za-z0-9]{1,255}$")
 
 # API Gateway cuts REST integrations at 29 s; the function must give up first so the
 # caller gets the function's own error instead of a gateway 504.
@@ -67,6 +70,10 @@ class StageConfig:
         spillover_max: Provisioned-concurrency spillover invocations per minute before alarming.
         alarm_email: E-mail subscribed to the alarm topic, or ``None``; ``-c alarm_email=...``
             overrides it for the stage(s) being synthesized (``app.py``).
+        slack_workspace_id: Slack workspace (team) ID already authorized in the AWS Chatbot
+            console, e.g. ``T0123ABCD``; with ``slack_channel_id``, alarms also go to that
+            channel. ``-c slack_workspace_id=... -c slack_channel_id=...`` override both.
+        slack_channel_id: Slack channel ID, e.g. ``C0123ABCD``; set both Slack fields or none.
         log_retention: Retention of the function, API access and deployment log groups.
         access_log_expiration_days: Days the bucket's server access logs are kept, in days.
         noncurrent_version_expiration_days: Days before noncurrent model object versions expire.
@@ -95,6 +102,8 @@ class StageConfig:
     duration_timeout_fraction: float = 0.8
     spillover_max: int = 10
     alarm_email: str | None = None
+    slack_workspace_id: str | None = None
+    slack_channel_id: str | None = None
     log_retention: RetentionDays = RetentionDays.ONE_WEEK
     access_log_expiration_days: int = 30
     noncurrent_version_expiration_days: int = 7
@@ -135,6 +144,20 @@ class StageConfig:
             problems.append(
                 f"alarm_email {self.alarm_email!r} is not an e-mail address "
                 "(like oncall@example.com)"
+            )
+        if (self.slack_workspace_id is None) != (self.slack_channel_id is None):
+            problems.append("set both slack_workspace_id and slack_channel_id, or neither")
+        if self.slack_workspace_id is not None and not _SLACK_WORKSPACE_ID.match(
+            self.slack_workspace_id
+        ):
+            problems.append(
+                f"slack_workspace_id {self.slack_workspace_id!r} is not a Slack workspace ID "
+                "(capital letters and digits, like T0123ABCD)"
+            )
+        if self.slack_channel_id is not None and not _SLACK_CHANNEL_ID.match(self.slack_channel_id):
+            problems.append(
+                f"slack_channel_id {self.slack_channel_id!r} is not a Slack channel ID "
+                "(letters and digits, like C0123ABCD)"
             )
         if problems:
             raise ValueError(f"StageConfig {self.name!r}: " + "; ".join(problems))

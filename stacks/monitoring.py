@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_chatbot as chatbot
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -59,6 +60,8 @@ class ServingMonitoring(Construct):
         duration_timeout_fraction: float,
         spillover_max: int,
         alarm_email: str | None,
+        slack_workspace_id: str | None = None,
+        slack_channel_id: str | None = None,
     ) -> None:
         """
         Args:
@@ -74,6 +77,9 @@ class ServingMonitoring(Construct):
             duration_timeout_fraction: Alarm when duration p99 passes this fraction of the timeout.
             spillover_max: Alarm at this many spillover invocations per minute.
             alarm_email: Optional e-mail subscription.
+            slack_workspace_id: Slack workspace authorized in AWS Chatbot; with
+                ``slack_channel_id``, the topic is delivered to that channel too.
+            slack_channel_id: Slack channel ID.
         """
         super().__init__(scope, construct_id)
         stack_name = Stack.of(self).stack_name
@@ -116,6 +122,22 @@ class ServingMonitoring(Construct):
         )
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+        self.slack: chatbot.SlackChannelConfiguration | None = None
+        if slack_workspace_id and slack_channel_id:
+            # Notifications only. The channel role CDK creates has no policy, and the guardrail
+            # (the ceiling for anything run from the channel; AWS applies AdministratorAccess
+            # when none is given) is read-only CloudWatch.
+            self.slack = chatbot.SlackChannelConfiguration(
+                self,
+                "Slack",
+                slack_channel_configuration_name=f"{stack_name}-alarms",
+                slack_workspace_id=slack_workspace_id,
+                slack_channel_id=slack_channel_id,
+                notification_topics=[self.topic],
+                guardrail_policies=[
+                    iam.ManagedPolicy.from_aws_managed_policy_name("CloudWatchReadOnlyAccess")
+                ],
+            )
 
         dashboards = DefaultDashboardFactory(
             self,

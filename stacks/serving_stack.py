@@ -98,6 +98,8 @@ class ServingStack(Stack):
             duration_timeout_fraction=config.duration_timeout_fraction,
             spillover_max=config.spillover_max,
             alarm_email=config.alarm_email,
+            slack_workspace_id=config.slack_workspace_id,
+            slack_channel_id=config.slack_channel_id,
         )
         Rollout(
             self,

@@ -105,16 +105,42 @@ def email_subscriptions(outdir: Path, stack_id: str) -> list[str]:
     ]
 
 
+def slack_channels(outdir: Path, stack_id: str) -> list[tuple[str, str]]:
+    template = json.loads((outdir / f"{stack_id}.template.json").read_text(encoding="utf-8"))
+    return [
+        (resource["Properties"]["SlackWorkspaceId"], resource["Properties"]["SlackChannelId"])
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::Chatbot::SlackChannelConfiguration"
+    ]
+
+
 @pytest.mark.slow
-def test_alarm_email_from_context_subscribes_every_stage_synthesized(
+def test_alarm_destinations_from_context_apply_to_every_stage_synthesized(
     tmp_path: Path, fake_model: FakeModel
 ) -> None:
     result = run_app(
-        tmp_path, model_dir=str(fake_model.directory), alarm_email="oncall+resnet@example.com"
+        tmp_path,
+        model_dir=str(fake_model.directory),
+        alarm_email="oncall+resnet@example.com",
+        slack_workspace_id="T0123ABCD",
+        slack_channel_id="C0123ABCD",
     )
     assert result.returncode == 0, result.stderr
     for stack_id in ("ResnetServingDev", "ResnetServingProd"):
         assert email_subscriptions(tmp_path, stack_id) == ["oncall+resnet@example.com"]
+        assert slack_channels(tmp_path, stack_id) == [("T0123ABCD", "C0123ABCD")]
+
+
+def test_slack_workspace_without_channel_is_refused_in_one_line(
+    tmp_path: Path, fake_model: FakeModel
+) -> None:
+    result = run_app(
+        tmp_path, stage="dev", model_dir=str(fake_model.directory), slack_workspace_id="T0123"
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "set both slack_workspace_id and slack_channel_id" in lines[0]
 
 
 def test_malformed_alarm_email_is_refused_in_one_line(
@@ -182,6 +208,15 @@ def test_stages_are_dev_and_prod_with_matching_stack_ids() -> None:
         ({"alarm_email": "oncall"}, "alarm_email 'oncall' is not an e-mail address"),
         ({"alarm_email": "On Call <oncall@example.com>"}, "is not an e-mail address"),
         ({"alarm_email": "a@example.com,b@example.com"}, "is not an e-mail address"),
+        ({"slack_channel_id": "C0123ABCD"}, "set both slack_workspace_id and slack_channel_id"),
+        (
+            {"slack_workspace_id": "t0123abcd", "slack_channel_id": "C0123ABCD"},
+            "is not a Slack workspace ID",
+        ),
+        (
+            {"slack_workspace_id": "T0123ABCD", "slack_channel_id": "#alarms"},
+            "is not a Slack channel ID",
+        ),
     ],
 )
 def test_stage_config_rejects_inconsistent_values(change: dict[str, Any], message: str) -> None:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from aws_cdk.assertions import Template
-from infra_helpers import EXPECTED, only, resources_of
+from aws_cdk.assertions import Annotations, Match, Template
+from infra_helpers import EXPECTED, FakeModel, only, resources_of
+
+from stacks.app_builder import add_stages, new_app
+from stacks.config import PROD
+from stacks.model_source import ModelSource
 
 LIVE = {"Fn::Join": ["", [{"Ref": "PredictFunction"}, ":live"]]}
 
@@ -251,6 +257,44 @@ def test_every_alarm_name_is_covered_by_the_topic_policy(stage: str, raw: dict[s
 
 def test_no_email_subscription_without_a_configured_address(template: Template) -> None:
     template.resource_count_is("AWS::SNS::Subscription", 0)
+
+
+def test_no_slack_channel_unless_configured(template: Template) -> None:
+    template.resource_count_is("AWS::Chatbot::SlackChannelConfiguration", 0)
+
+
+def test_slack_channel_gets_the_alarm_topic_with_least_privilege(
+    tmp_path: Path, fake_model: FakeModel
+) -> None:
+    config = replace(PROD, slack_workspace_id="T0123ABCD", slack_channel_id="C0123ABCD")
+    app = new_app(outdir=tmp_path)
+    (stack,) = add_stages(
+        app, stages=[config], model=ModelSource.from_artifact_dir(fake_model.directory)
+    )
+    raw = Template.from_stack(stack).to_json()
+    _, channel = only(raw, "AWS::Chatbot::SlackChannelConfiguration")
+    props = channel["Properties"]
+    assert (props["SlackWorkspaceId"], props["SlackChannelId"]) == ("T0123ABCD", "C0123ABCD")
+    assert props["SnsTopicArns"] == [{"Ref": topic_id(raw)}]
+    # Without guardrails AWS applies AdministratorAccess to whatever is run from the channel.
+    (guardrail,) = props["GuardrailPolicies"]
+    assert guardrail["Fn::Join"][1][-1] == ":iam::aws:policy/CloudWatchReadOnlyAccess"
+    assert props.get("LoggingLevel", "NONE") == "NONE"  # no log group outside the stack
+    role_id = props["IamRoleArn"]["Fn::GetAtt"][0]
+    role = raw["Resources"][role_id]["Properties"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "chatbot.amazonaws.com"
+    }
+    assert "ManagedPolicyArns" not in role
+    assert "Policies" not in role
+    assert not [
+        policy
+        for policy in resources_of(raw, "AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+    ]
+    nag = Match.string_like_regexp("AwsSolutions-.*")
+    assert Annotations.from_stack(stack).find_error("*", nag) == []
+    assert Annotations.from_stack(stack).find_warning("*", nag) == []
 
 
 # --- dashboard -------------------------------------------------------------------------
