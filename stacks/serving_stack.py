@@ -103,6 +103,9 @@ class ServingStack(Stack):
             self,
             "Rollout",
             alias=predict.alias,
+            model=model,
+            log_retention=config.log_retention,
+            removal_policy=config.removal_policy,
             deployment_config=config.deployment_config,
             # The new version's own errors and latency, and what callers see of it.
             alarms=monitoring.alarms_named("Fault", "Latency", "5XX"),
