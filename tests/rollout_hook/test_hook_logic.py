@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from botocore.stub import ANY
-from hook_testkit import EVENT, IMAGE, MODEL_SHA256, VERSION_ARN, HookContext, Stubbed, streaming
+from hook_testkit import (
+    EVENT,
+    IMAGE,
+    MODEL_SHA256,
+    REPO,
+    VERSION_ARN,
+    HookContext,
+    Stubbed,
+    streaming,
+)
 
 import api
 from rollout_hook import hook
@@ -86,6 +96,8 @@ def test_the_invocation_is_a_rest_proxy_post_of_the_shipped_photo(stubbed: Stubb
     stubbed.expect_report("Succeeded")
     run(stubbed)
     (event,) = stubbed.sent_payloads
+    recorded = json.loads((REPO / "tests" / "events" / "predict_post.json").read_text())
+    assert set(event) == set(recorded)  # the fields of a real API Gateway REST proxy event
     assert (event["httpMethod"], event["path"], event["isBase64Encoded"]) == (
         "POST",
         "/predict",
