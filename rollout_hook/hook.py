@@ -153,8 +153,8 @@ def judge(proxy_response: Any, settings: Settings) -> tuple[str, str]:
         return FAILED, f"the new version answered HTTP {status_code} ({detail})"
     if not isinstance(body, dict):
         return FAILED, "the new version answered 200 without a JSON object body"
-    model = body.get("model") if isinstance(body.get("model"), dict) else {}
-    served = model.get("sha256")
+    model = body.get("model")
+    served = model.get("sha256") if isinstance(model, dict) else None
     if served != settings.expected_sha256:
         return FAILED, (
             f"the new version serves model sha256 {served}, the stack deployed "
