@@ -85,5 +85,9 @@ destroy: install $(MODEL_DIR)/manifest.json ## Delete STAGE's stack (see README 
 events: ## Re-record tests/events/*.json with the AWS SAM CLI (in a throwaway venv)
 	bash scripts/generate_events.sh
 
+.PHONY: smoke
+smoke: $(VENV)/.installed ## After a deploy: /health, /predict of the reference photo, served sha256 and top-1 vs the manifest (STAGE=dev|prod|local)
+	$(PY) -m classifier_client.smoke --stage $(STAGE) --model-dir $(MODEL_DIR)
+
 clean: ## Remove build output (keeps .venv and node_modules)
 	rm -rf build cdk.out .pytest_cache .ruff_cache .mypy_cache

@@ -10,6 +10,7 @@ Context (all optional):
                              (overrides StageConfig.alarm_email; empty = no subscription)
   -c slack_workspace_id=T... -c slack_channel_id=C...
                              also send alarms to that Slack channel through AWS Chatbot
+  -c model_reference_top1=<index>   with model_key: its manifest's reference.top1.index
 
 The stacks are environment-agnostic on purpose: synth needs no credentials and no lookups,
 and `cdk deploy` targets the account/region of the current AWS profile.
@@ -45,7 +46,9 @@ def main() -> int:
         if key is not None or sha256 is not None:
             if key is None or sha256 is None:
                 raise ModelSourceError("pass both -c model_key=... and -c model_sha256=...")
-            model = ModelSource.published(key=str(key), sha256=str(sha256))
+            model = ModelSource.published(
+                key=str(key), sha256=str(sha256), reference_top1=ctx("model_reference_top1")
+            )
         else:
             model_dir = Path(ctx("model_dir") or DEFAULT_MODEL_DIR)
             model = ModelSource.from_artifact_dir(

@@ -21,6 +21,8 @@ ENV_ENDPOINT = "CLASSIFIER_ENDPOINT"
 ENV_API_KEY = "CLASSIFIER_API_KEY"
 
 _EXECUTE_API = re.compile(r"^https://[^/]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/")
+# `make serve` (local_mode.serve) writes an outputs file too, with a plain-HTTP loopback URL.
+_LOOPBACK = re.compile(r"^http://(127\.0\.0\.1|localhost)(:\d+)?/")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class StackOutputs:
     stack: str
     endpoint: str
     api_key_id: str | None
+    # Only local mode's outputs file carries a key's value (a throwaway local key); a stack's
+    # outputs never do.
+    api_key: str | None = None
+    outputs: dict[str, str] | None = None
 
 
 def read_outputs_file(path: str | Path, stack: str | None = None) -> StackOutputs:
@@ -70,7 +76,16 @@ def read_outputs_file(path: str | Path, stack: str | None = None) -> StackOutput
     key_id = next(
         (str(v) for k, v in sorted(outs.items()) if re.search(r"api_?key_?id$", k, re.I)), None
     )
-    return StackOutputs(stack=chosen, endpoint=endpoint, api_key_id=key_id)
+    key_value = next(
+        (str(v) for k, v in sorted(outs.items()) if re.fullmatch(r"api_?key", k, re.I)), None
+    )
+    return StackOutputs(
+        stack=chosen,
+        endpoint=endpoint,
+        api_key_id=key_id,
+        api_key=key_value,
+        outputs={k: str(v) for k, v in outs.items()},
+    )
 
 
 def _endpoint_in(outputs: Mapping[str, object]) -> str | None:
@@ -80,7 +95,9 @@ def _endpoint_in(outputs: Mapping[str, object]) -> str | None:
         if _EXECUTE_API.match(value):
             return value
     for key, value in items:
-        if value.startswith("https://") and re.search(r"(endpoint|url)", key, re.I):
+        if (value.startswith("https://") or _LOOPBACK.match(value)) and re.search(
+            r"(endpoint|url)", key, re.I
+        ):
             return value
     return None
 
@@ -98,7 +115,10 @@ def fetch_api_key_value(api_key_id: str, endpoint: str) -> str:
         apigw = boto3.client("apigateway", region_name=region)
         return str(apigw.get_api_key(apiKey=api_key_id, includeValue=True)["value"])
     except (BotoCoreError, ClientError) as exc:
-        raise ClassifierError(f"could not read API key {api_key_id}: {exc}") from exc
+        raise ClassifierError(
+            f"could not read API key {api_key_id}: {exc} (check your AWS credentials with "
+            "`aws sts get-caller-identity`, or pass the key with --api-key)"
+        ) from exc
 
 
 def resolve_target(
@@ -118,6 +138,8 @@ def resolve_target(
     if endpoint is None and outputs_file is not None:
         outs = read_outputs_file(outputs_file, stack)
         endpoint, key_id, source = outs.endpoint, outs.api_key_id, f"{outputs_file} ({outs.stack})"
+        if api_key is None and outs.api_key:
+            api_key = outs.api_key
     if endpoint is None and env.get(ENV_ENDPOINT):
         endpoint, source = env[ENV_ENDPOINT], ENV_ENDPOINT
     if not endpoint:

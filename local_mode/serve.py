@@ -27,6 +27,11 @@ from .endpoint import local_endpoint
 from .gateway import AccessRecord, render_access_log
 
 DEFAULT_PORT = 3000  # what `sam local start-api` uses; pass --port 0 for any free port
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Shaped like `cdk deploy --outputs-file`, so `make smoke STAGE=local` and the client's
+# --outputs-file work against the local endpoint as against a deployed stage.
+DEFAULT_OUTPUTS_FILE = REPO_ROOT / "cdk-outputs-local.json"
+LOCAL_STACK = "ResnetServingLocal"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         help="one short line per request on stderr instead of the stage's JSON access log",
     )
     p.add_argument(
+        "--outputs-file",
+        type=Path,
+        default=DEFAULT_OUTPUTS_FILE,
+        help=f"when ready, write {{{LOCAL_STACK}: {{EndpointUrl, ApiKey, ModelKey}}}} here like "
+        "`cdk deploy --outputs-file` (default cdk-outputs-local.json in the repository; "
+        "removed on exit)",
+    )
+    p.add_argument(
         "--ready-file",
         type=Path,
         default=None,
@@ -70,6 +83,12 @@ def _logs(path: Path | None) -> Iterator[TextIO]:
     else:
         with stdout_to_file(path) as terminal:
             yield terminal
+
+
+def _write_atomically(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # readers never see a half-written file
 
 
 def run(args: argparse.Namespace, say: Console) -> int:
@@ -111,16 +130,30 @@ def run(args: argparse.Namespace, say: Console) -> int:
         say("       .venv/bin/python -m classifier_client photo.jpg some/directory/")
         say()
         say("The first request is the cold start (model download + ONNX session). Ctrl-C stops.")
-        if args.ready_file is not None:
-            tmp = args.ready_file.with_suffix(".tmp")
-            ready = {
-                "endpoint": ep.endpoint,
-                "api_key": ep.api_key,
-                "s3_endpoint": ep.s3.endpoint_url,
+        outputs = {
+            LOCAL_STACK: {
+                "EndpointUrl": ep.endpoint,
+                "ApiKey": ep.api_key,  # a throwaway local key; a stack outputs only its id
+                "ModelKey": ep.model_key,
             }
-            tmp.write_text(json.dumps(ready))
-            tmp.replace(args.ready_file)  # readers never see a half-written file
-        threading.Event().wait()  # until SIGINT/SIGTERM raises KeyboardInterrupt
+        }
+        try:
+            _write_atomically(args.outputs_file, outputs)
+            say(f"Outputs   {args.outputs_file} (for `make smoke STAGE=local`)")
+        except OSError as exc:
+            say(f"warning: could not write {args.outputs_file}: {exc.strerror}")
+        try:
+            if args.ready_file is not None:
+                ready = {
+                    "endpoint": ep.endpoint,
+                    "api_key": ep.api_key,
+                    "s3_endpoint": ep.s3.endpoint_url,
+                }
+                _write_atomically(args.ready_file, ready)
+            threading.Event().wait()  # until SIGINT/SIGTERM raises KeyboardInterrupt
+        finally:
+            # A stopped endpoint leaves no outputs file pointing at it.
+            args.outputs_file.unlink(missing_ok=True)
     return 0  # pragma: no cover - only reached through the exception below
 
 

@@ -22,6 +22,7 @@ from .checksum import sha256_file
 from .errors import ExportError, WeightsUnavailable
 from .photos import photographs
 from .preprocess import PREPROCESSING, image_files, load_image, preprocess
+from .reference import reference_prediction
 from .weights import (
     MODEL_NAME,
     LoadedModel,
@@ -303,6 +304,8 @@ def export_model(
         proto = onnx.load(str(final), load_external_data=False)
         input_info, output_info, opset = _graph_io(proto)
         _check_graph(input_info, output_info, loaded.num_classes)
+        # What the deployed function must answer for the photograph the rollout hook sends.
+        reference = reference_prediction(final)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "model_name": MODEL_NAME,
@@ -326,6 +329,7 @@ def export_model(
             "versions": _versions(),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "verification": verification,
+            "reference": reference,
             "notes": list(loaded.notes),
         }
         _commit(work, final, manifest, out_dir)

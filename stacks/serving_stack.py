@@ -105,6 +105,9 @@ class ServingStack(Stack):
             self,
             "Rollout",
             alias=predict.alias,
+            model=model,
+            log_retention=config.log_retention,
+            removal_policy=config.removal_policy,
             deployment_config=config.deployment_config,
             # The new version's own errors and the API's 5XX rate; latency alarms only notify.
             alarms=monitoring.rollback_alarms,

@@ -31,7 +31,8 @@ from typing import Any
 
 from stacks.app_builder import ROOT, add_stages, new_app
 from stacks.config import STAGES
-from stacks.model_source import MANIFEST_FILE, MODEL_FILE, ModelSource
+from stacks.model_source import MANIFEST_FILE, MODEL_FILE, ROLLOUT_HOOK_DIR, ModelSource
+from stacks.rollout import REFERENCE_IMAGE
 
 TEMPLATES_DIR = ROOT / "templates"
 # Not a model: the committed templates track infrastructure, not weights.
@@ -50,7 +51,19 @@ def placeholder_artifact(directory: Path) -> ModelSource:
     """Write the placeholder artifact (model file + exporter-style manifest) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MODEL_FILE).write_bytes(PLACEHOLDER_MODEL_BYTES)
-    manifest = {"format_version": 1, "file": MODEL_FILE, "sha256": PLACEHOLDER_SHA256}
+    manifest = {
+        "format_version": 1,
+        "file": MODEL_FILE,
+        "sha256": PLACEHOLDER_SHA256,
+        # So the rollout hook's environment shows every variable it gets from a real export.
+        "reference": {
+            "image": REFERENCE_IMAGE,
+            "image_sha256": hashlib.sha256(
+                (ROLLOUT_HOOK_DIR / REFERENCE_IMAGE).read_bytes()
+            ).hexdigest(),
+            "top1": {"index": 0, "label": "placeholder"},
+        },
+    }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True) + "\n")
     return ModelSource.from_artifact_dir(directory)
 

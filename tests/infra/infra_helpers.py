@@ -14,6 +14,13 @@ from stacks.model_source import ModelSource
 from stacks.serving_stack import ServingStack
 
 FAKE_MODEL_BYTES = b"not an onnx graph, just bytes with a known digest\n" * 64
+REFERENCE_IMAGE = Path(__file__).resolve().parents[2] / "rollout_hook" / "reference.jpg"
+# What an export records for the rollout hook's photograph (model_export/reference.py).
+FAKE_REFERENCE = {
+    "image": "reference.jpg",
+    "image_sha256": hashlib.sha256(REFERENCE_IMAGE.read_bytes()).hexdigest(),
+    "top1": {"index": 281, "label": "tabby", "probability": 0.61},
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ def write_fake_model(directory: Path, payload: bytes = FAKE_MODEL_BYTES) -> Fake
         "file": "model.onnx",
         "sha256": sha256,
         "size_bytes": len(payload),
+        "reference": FAKE_REFERENCE,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     # Something else the exporter might leave behind; it must not be uploaded.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import json
 import re
 import subprocess
@@ -208,9 +209,11 @@ def test_committed_templates_carry_no_asset_hashes(rendered: dict[str, str]) -> 
     prod = rendered["ResnetServingProd"]
     assert ":<ASSET_HASH>" in prod
     assert '"PredictFunctionCurrentVersion"' in prod
-    # The only 64-hex string left is the documented placeholder model digest.
+    # The only 64-hex strings left are the documented placeholder model digest and the digest
+    # of the rollout hook's reference photograph (content, not an asset hash).
     digests = set(re.findall(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])", prod))
-    assert digests == {snapshot.PLACEHOLDER_SHA256}
+    reference = hashlib.sha256((ROOT / "rollout_hook" / "reference.jpg").read_bytes()).hexdigest()
+    assert digests == {snapshot.PLACEHOLDER_SHA256, reference}
 
 
 def test_committed_templates_show_the_routes_the_local_emulator_reads(

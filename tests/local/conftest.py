@@ -36,6 +36,7 @@ def served(
         s3_endpoint=info["s3_endpoint"],
         process=process,
         log=out,
+        outputs_file=workdir / "cdk-outputs-local.json",
     )
     yield endpoint
     if process.poll() is None:

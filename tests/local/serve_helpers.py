@@ -29,6 +29,7 @@ class ServedEndpoint:
     s3_endpoint: str
     process: subprocess.Popen[str]
     log: Path
+    outputs_file: Path  # what serve writes like `cdk deploy --outputs-file`
 
 
 def start_serve(
@@ -51,6 +52,9 @@ def start_serve(
             str(ready),
             "--function-log",
             str(workdir / "function.log"),
+            # Never the repository's cdk-outputs-local.json: tests run beside `make serve`.
+            "--outputs-file",
+            str(workdir / "cdk-outputs-local.json"),
             *extra,
         ],
         cwd=REPO_ROOT,

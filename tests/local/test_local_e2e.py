@@ -194,7 +194,13 @@ def test_serve_stops_cleanly_on_ctrl_c(fp32_model_dir, stack_template, tmp_path)
     info = json.loads(ready.read_text())
     health = requests.get(info["endpoint"] + "health", headers={"x-api-key": info["api_key"]})
     assert health.json()["cold_start"] is True
+    outputs_file = tmp_path / "cdk-outputs-local.json"
+    assert (
+        json.loads(outputs_file.read_text())["ResnetServingLocal"]["EndpointUrl"]
+        == (info["endpoint"])
+    )
     assert stop_serve(process) == 0
+    assert not outputs_file.exists()  # no outputs file left pointing at a stopped endpoint
     assert "Stopped" in out.read_text()
     assert port_is_closed(info["endpoint"])
     assert port_is_closed(info["s3_endpoint"])
