@@ -56,7 +56,8 @@ def aws_findings(session_factory: Callable[[], Any], config: StageConfig) -> lis
     try:
         session = session_factory()
     except ProfileNotFound as error:
-        return [blocker("credentials", str(error), "aws configure list-profiles; AWS_PROFILE=...")]
+        fix = "pick one from `aws configure list-profiles` (AWS_PROFILE=<name>)"
+        return [blocker("credentials", str(error), fix)]
     try:
         findings = [check_identity(session)]
     except CredentialsProblem as problem:

@@ -354,3 +354,21 @@ def test_missing_credentials_from_the_command_line_are_one_line(
         "BLOCKER  credentials  no AWS credentials found -> fix: refresh your credentials "
         "(aws sso login / aws configure) or pick another AWS_PROFILE"
     ]
+
+
+def test_unknown_aws_profile_is_one_blocker_line(
+    aws: FakeAccount,
+    docker: FakeDocker,
+    model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    code = main(["--stage", "dev", "--model-dir", str(model)])  # the real session factory
+    out = capsys.readouterr().out
+    assert code == 1
+    credential_lines = [line for line in out.splitlines() if "credentials" in line]
+    assert len(credential_lines) == 1
+    assert credential_lines[0].startswith("BLOCKER  credentials")
+    assert "no-such-profile" in credential_lines[0]
+    assert "Traceback" not in out
