@@ -208,6 +208,38 @@ def test_readme_block_names_the_steps_in_deploy_order() -> None:
         assert command.startswith(expected)
 
 
+def make_dry_run(*targets: str) -> list[str]:
+    """The commands make would run (-n), with a model dir that does not exist."""
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", *targets, "MODEL_DIR=/nonexistent/model"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in result.stdout.splitlines() if not line.startswith(("touch", "#"))]
+
+
+def test_make_destroy_needs_no_model() -> None:
+    commands = make_dry_run("destroy", "STAGE=dev")
+    assert "npx cdk destroy -c stage=dev -c without_model=true" in commands
+    assert not [c for c in commands if "model_export" in c or "make model" in c]
+
+
+def test_make_deploy_runs_preflight_first_and_exports_no_model_on_its_own() -> None:
+    commands = make_dry_run("deploy", "STAGE=prod")
+    preflight = commands.index(
+        ".venv/bin/python -m preflight --stage prod --model-dir /nonexistent/model"
+    )
+    deploy = commands.index(
+        "npx cdk deploy -c stage=prod -c model_dir=/nonexistent/model "
+        "--outputs-file cdk-outputs-prod.json"
+    )
+    assert preflight < deploy
+    assert not [c for c in commands if "model_export" in c]
+
+
 @pytest.mark.slow
 def test_readme_deploy_block_runs_in_order_from_a_clean_clone(
     tmp_path: Path, local_aws: str
