@@ -13,10 +13,16 @@ ALARM_CONTEXT = $(if $(ALARM_EMAIL),-c alarm_email='$(ALARM_EMAIL)')
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii >= 1.1xx names the Node 20 banner differently; it takes the major version(s).
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+# Lambda rejects an OCI image index; buildx's default provenance attestation (and the containerd
+# image store keeping it) turns a single-platform build into one. The pinned CDK CLI sets this for
+# its own builds too; exported here for every build this Makefile starts (docs/infrastructure.md).
+export BUILDX_NO_DEFAULT_ATTESTATIONS := 1
+# cdk bootstrap/destroy synthesize the app but deploy none of it: no model needed (app.py).
+NO_MODEL := -c without_model=true
 
 REQS := requirements.txt requirements-dev.txt lambda_src/requirements.txt model_export/requirements.txt
 
-.PHONY: help install demo serve test lint format model synth templates image-check bench cost events deploy diff destroy clean
+.PHONY: help install demo serve test lint format model synth templates image-check bench cost events bootstrap preflight deploy diff destroy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,14 +79,27 @@ bench: install ## Benchmarks: tables, bench/results/*.json and a plot
 cost: install ## Monthly cost model: on-demand vs provisioned concurrency
 	$(PY) -m bench.cost
 
-deploy: install $(MODEL_DIR)/manifest.json ## Deploy STAGE (dev|prod) to the current AWS account
+bootstrap: install ## Once per account/region: CDK bootstrap + API Gateway's logging role (no model needed)
+	npx cdk bootstrap $(NO_MODEL)
+ifeq ($(APIGW_LOGGING_ROLE),keep)
+	@echo "APIGW_LOGGING_ROLE=keep: the account's API Gateway logging role is left as it is"
+else
+	npx cdk deploy ResnetServingAccount $(NO_MODEL) --require-approval never \
+	  || { echo "retrying in 30 s: a new IAM role can take that long to reach API Gateway"; \
+	       sleep 30; npx cdk deploy ResnetServingAccount $(NO_MODEL) --require-approval never; }
+endif
+
+preflight: install ## Before deploying STAGE: account, bootstrap, quotas, Docker, model, API logging role
+	$(PY) -m preflight --stage $(STAGE) --model-dir $(MODEL_DIR)
+
+deploy: preflight ## Deploy STAGE (dev|prod) to the current AWS account (runs preflight first)
 	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT) --outputs-file cdk-outputs-$(STAGE).json
 
 diff: install $(MODEL_DIR)/manifest.json ## Show what a deploy of STAGE would change
 	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT)
 
-destroy: install $(MODEL_DIR)/manifest.json ## Delete STAGE's stack (see README for what stays behind)
-	npx cdk destroy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)
+destroy: install ## Delete STAGE's stack; needs no model (see README for what stays behind)
+	npx cdk destroy -c stage=$(STAGE) $(NO_MODEL)
 
 events: ## Re-record tests/events/*.json with the AWS SAM CLI (in a throwaway venv)
 	bash scripts/generate_events.sh

@@ -11,6 +11,12 @@ Context (all optional):
   -c slack_workspace_id=T... -c slack_channel_id=C...
                              also send alarms to that Slack channel through AWS Chatbot
   -c model_reference_top1=<index>   with model_key: its manifest's reference.top1.index
+  -c without_model=true      for `cdk bootstrap` / `cdk destroy`, which synthesize the app but
+                             deploy none of it: no model is read, and a CloudFormation rule makes
+                             any deploy of these serving templates fail (make bootstrap/destroy)
+
+Without -c stage, the app also holds ResnetServingAccount, the account-wide stack that
+`make bootstrap` deploys once (API Gateway's logging role).
 
 The stacks are environment-agnostic on purpose: synth needs no credentials and no lookups,
 and `cdk deploy` targets the account/region of the current AWS profile.
@@ -24,9 +30,10 @@ from pathlib import Path
 
 from aws_cdk import App
 
-from stacks.app_builder import ROOT, add_stages
+from stacks.app_builder import ROOT, add_account_stack, add_stages
 from stacks.config import STAGES
 from stacks.model_source import ModelSource, ModelSourceError
+from stacks.synth_guard import NO_MODEL, guard_against_deploy, parse_flag
 
 DEFAULT_MODEL_DIR = Path("build") / "model"
 
@@ -43,7 +50,12 @@ def main() -> int:
         stages = [STAGES[stage]] if stage else list(STAGES.values())
 
         key, sha256 = ctx("model_key"), ctx("model_sha256")
-        if key is not None or sha256 is not None:
+        without_model = parse_flag("without_model", ctx("without_model"))
+        if without_model:
+            if key is not None or sha256 is not None or ctx("model_dir") is not None:
+                raise ModelSourceError("-c without_model=true takes no model_dir/model_key")
+            model = NO_MODEL
+        elif key is not None or sha256 is not None:
             if key is None or sha256 is None:
                 raise ModelSourceError("pass both -c model_key=... and -c model_sha256=...")
             model = ModelSource.published(
@@ -71,7 +83,12 @@ def main() -> int:
             print(f"error: -c {' -c '.join(notify)}: {error}", file=sys.stderr)
             return 2
 
-    add_stages(app, stages=stages, model=model)
+    serving = add_stages(app, stages=stages, model=model)
+    if without_model:
+        for stack in serving:
+            guard_against_deploy(stack)
+    if stage is None:
+        add_account_stack(app)
     app.synth()
     return 0
 

@@ -1,4 +1,4 @@
-"""Build the CDK app: one ServingStack per stage, cdk-nag on everything.
+"""Build the CDK app: one ServingStack per stage, the account stack, cdk-nag on everything.
 
 Shared by ``app.py`` (the CLI entry point), ``stacks.snapshot`` and the tests, so all three
 synthesize exactly the same way.
@@ -14,6 +14,7 @@ from typing import Any
 from aws_cdk import App, Aspects
 from cdk_nag import AwsSolutionsChecks
 
+from stacks.account_stack import AccountStack
 from stacks.config import StageConfig
 from stacks.model_source import ModelSource
 from stacks.serving_stack import ServingStack
@@ -45,3 +46,11 @@ def add_stages(
     built = [ServingStack(app, config=config, model=model) for config in stages]
     Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return built
+
+
+def add_account_stack(app: App) -> AccountStack:
+    """The account/region-wide stack (API Gateway's logging role); ``make bootstrap`` deploys it.
+
+    The AwsSolutions checks ``add_stages`` adds to the app cover it too.
+    """
+    return AccountStack(app)

@@ -78,10 +78,9 @@ class ServingApi(Construct):
             description="ResNet18 image classification",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             binary_media_types=list(BINARY_MEDIA_TYPES),
-            # Logging needs the account-level CloudWatch role; retained because it is shared
-            # by every REST API in the account/region (both stages).
-            cloud_watch_role=True,
-            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
+            # Execution logging needs the account's API Gateway CloudWatch role, an account/
+            # region singleton: ResnetServingAccount (make bootstrap) owns it, no stage does.
+            cloud_watch_role=False,
             default_method_options=apigw.MethodOptions(
                 api_key_required=True, authorization_type=authorization
             ),
@@ -152,21 +151,6 @@ class ServingApi(Construct):
                     reason="No WAF: every request needs an API key and is held to its usage "
                     "plan's throttle and quota; attach a WebACL to the stage when the endpoint "
                     "faces untrusted traffic at scale.",
-                )
-            ],
-        )
-        cloud_watch_role = self.api.node.find_child("CloudWatchRole")
-        NagSuppressions.add_resource_suppressions(
-            cloud_watch_role,
-            [
-                NagPackSuppression(
-                    id="AwsSolutions-IAM4",
-                    reason="AmazonAPIGatewayPushToCloudWatchLogs is the AWS-documented policy of "
-                    "the account-level API Gateway logging role.",
-                    applies_to=[
-                        "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-                        "AmazonAPIGatewayPushToCloudWatchLogs"
-                    ],
                 )
             ],
         )

@@ -1,8 +1,9 @@
 """Committed, reviewable templates: ``templates/<StackId>.template.json``.
 
-Rendered hermetically for every stage along the default deploy path: an exporter artifact
-directory uploaded with the stack. The artifact is a fixed placeholder written on the fly
-(``PLACEHOLDER_MODEL_BYTES`` + a minimal manifest), so no torch and no exported model are
+Rendered hermetically for every stage (and the account stack, ``ResnetServingAccount``) along
+the default deploy path: an exporter artifact directory uploaded with the stack. The
+artifact is a fixed placeholder written on the fly (``PLACEHOLDER_MODEL_BYTES`` + a minimal
+manifest), so no torch and no exported model are
 needed, the model upload (BucketDeployment, its provider function and role) is in the diff
 like everything else, and the model digest stays constant. The templates are normalized so
 that only infrastructure changes show up in a diff:
@@ -29,7 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stacks.app_builder import ROOT, add_stages, new_app
+from aws_cdk import Stack
+
+from stacks.app_builder import ROOT, add_account_stack, add_stages, new_app
 from stacks.config import STAGES
 from stacks.model_source import MANIFEST_FILE, MODEL_FILE, ROLLOUT_HOOK_DIR, ModelSource
 from stacks.rollout import REFERENCE_IMAGE
@@ -69,14 +72,15 @@ def placeholder_artifact(directory: Path) -> ModelSource:
 
 
 def synthesize(outdir: Path, model: ModelSource | None = None) -> dict[str, Path]:
-    """Synthesize every stage into ``outdir``; returns stack id -> raw template path.
+    """Synthesize every stage and the account stack into ``outdir``; stack id -> template path.
 
     Without ``model``, the placeholder artifact is written to ``outdir/placeholder-model``.
     """
     if model is None:
         model = placeholder_artifact(outdir / "placeholder-model")
     app = new_app(outdir=outdir)
-    stacks = add_stages(app, stages=STAGES.values(), model=model)
+    stacks: list[Stack] = [*add_stages(app, stages=STAGES.values(), model=model)]
+    stacks.append(add_account_stack(app))
     assembly = app.synth()
     return {
         stack.stack_name: Path(assembly.get_stack_by_name(stack.stack_name).template_full_path)

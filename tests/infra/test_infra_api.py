@@ -155,8 +155,18 @@ def test_execution_log_group_is_created_by_the_stack_before_the_stage(
     assert group_id in stage_resource["DependsOn"]
 
 
-def test_api_logging_role_is_kept_because_the_account_shares_it(template: Template) -> None:
-    template.has_resource("AWS::ApiGateway::Account", {"DeletionPolicy": "Retain"})
+def test_serving_stacks_leave_the_account_wide_api_gateway_logging_role_alone(
+    raw: dict[str, Any],
+) -> None:
+    # AWS::ApiGateway::Account is one setting per account/region: a stage that declared it
+    # would overwrite every other API's logging role. ResnetServingAccount owns it.
+    assert resources_of(raw, "AWS::ApiGateway::Account") == {}
+    assert "apigateway.amazonaws.com" not in json.dumps(
+        [
+            role["Properties"]["AssumeRolePolicyDocument"]
+            for role in resources_of(raw, "AWS::IAM::Role").values()
+        ]
+    )
 
 
 def test_outputs_give_endpoint_url_and_api_key_id_but_never_the_key_value(

@@ -17,6 +17,7 @@ from infra_helpers import FakeModel, write_fake_model
 from stacks.app_builder import add_stages, new_app
 from stacks.config import DEV, PROD, STAGES, StageConfig
 from stacks.model_source import ModelSource, ModelSourceError
+from stacks.synth_guard import GUARD_MESSAGE, GUARD_PARAMETER, GUARD_RULE, parse_flag
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,6 +173,79 @@ def test_make_passes_alarm_email_to_the_cdk_context(target: str, fake_model: Fak
 
     assert "-c alarm_email='oncall@example.com'" in cdk_line("ALARM_EMAIL=oncall@example.com")
     assert "alarm_email" not in cdk_line()
+def guard_of(template: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The deploy guard's parameter and rule assertions, as synthesized."""
+    return (
+        template["Parameters"][GUARD_PARAMETER],
+        template["Rules"][GUARD_RULE]["Assertions"],
+    )
+
+
+def test_bootstrap_synth_needs_no_model_and_its_serving_templates_cannot_be_deployed(
+    tmp_path: Path,
+) -> None:
+    # What `make bootstrap` runs on a clean checkout: the CLI synthesizes the app first.
+    result = run_app(tmp_path, without_model="true")
+    assert result.returncode == 0, result.stderr
+    assert stacks_in(tmp_path) == ["ResnetServingAccount", "ResnetServingDev", "ResnetServingProd"]
+    for stack_id in ("ResnetServingDev", "ResnetServingProd"):
+        template = json.loads((tmp_path / f"{stack_id}.template.json").read_text("utf-8"))
+        parameter, assertions = guard_of(template)
+        # The parameter can only ever be "true" and the rule demands "false": CloudFormation
+        # rejects every create, update and change set of this template.
+        assert parameter["AllowedValues"] == [parameter["Default"]] == ["true"]
+        assert assertions == [
+            {
+                "Assert": {"Fn::Equals": [{"Ref": GUARD_PARAMETER}, "false"]},
+                "AssertDescription": GUARD_MESSAGE,
+            }
+        ]
+        assert "Custom::CDKBucketDeployment" not in json.dumps(template)
+    account = (tmp_path / "ResnetServingAccount.template.json").read_text("utf-8")
+    assert GUARD_RULE not in account  # deployed by make bootstrap itself
+
+
+def test_destroy_synth_of_one_stage_needs_no_model(tmp_path: Path) -> None:
+    result = run_app(tmp_path, stage="prod", without_model="true")
+    assert result.returncode == 0, result.stderr
+    assert stacks_in(tmp_path) == ["ResnetServingProd"]
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"without_model": "maybe"}, "-c without_model= takes true or false"),
+        ({"without_model": "true", "model_dir": "build/model"}, "takes no model_dir/model_key"),
+    ],
+)
+def test_app_rejects_inconsistent_without_model_context_in_one_line(
+    tmp_path: Path, context: dict[str, str], message: str
+) -> None:
+    result = run_app(tmp_path, **context)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_deployable_templates_carry_no_deploy_guard(synthesized: Any) -> None:
+    for raw in synthesized.raw.values():
+        assert GUARD_RULE not in raw.get("Rules", {})
+        assert GUARD_PARAMETER not in raw.get("Parameters", {})
+
+
+def test_without_model_flag_parsing() -> None:
+    assert [parse_flag("x", v) for v in (None, True, "true", "1", "YES")] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert [parse_flag("x", v) for v in (False, "false", "0", "no")] == [False] * 4
+    with pytest.raises(ModelSourceError, match="takes true or false"):
+        parse_flag("x", "sometimes")
 
 
 def test_default_run_synthesizes_every_stage(synthesized: Any) -> None:

@@ -219,8 +219,8 @@ def test_committed_templates_carry_no_asset_hashes(rendered: dict[str, str]) -> 
 def test_committed_templates_show_the_routes_the_local_emulator_reads(
     rendered: dict[str, str],
 ) -> None:
-    for text in rendered.values():
-        template = json.loads(text)
+    for stage in ("dev", "prod"):
+        template = json.loads(rendered[EXPECTED[stage]["stack_id"]])
         api = next(
             r for r in template["Resources"].values() if r["Type"] == "AWS::ApiGateway::RestApi"
         )
