@@ -173,6 +173,8 @@ def test_make_passes_alarm_email_to_the_cdk_context(target: str, fake_model: Fak
 
     assert "-c alarm_email='oncall@example.com'" in cdk_line("ALARM_EMAIL=oncall@example.com")
     assert "alarm_email" not in cdk_line()
+
+
 def guard_of(template: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The deploy guard's parameter and rule assertions, as synthesized."""
     return (
