@@ -6,6 +6,8 @@ Context (all optional):
   -c model_dir=PATH          exporter artifact dir (default: build/model); relative to the repo
   -c model_key=models/<sha256>/model.onnx -c model_sha256=<sha256>
                              serve an already-published model instead (no upload)
+  -c github_repo=OWNER/NAME  also add the optional GitHub OIDC roles stack (docs/ci-cd.md);
+     [-c github_oidc_provider_arn=ARN]  reuse the account's existing GitHub OIDC provider
 
 The stacks are environment-agnostic on purpose: synth needs no credentials and no lookups,
 and `cdk deploy` targets the account/region of the current AWS profile.
@@ -20,6 +22,7 @@ from aws_cdk import App
 
 from stacks.app_builder import ROOT, add_stages
 from stacks.config import STAGES
+from stacks.github_oidc import GitHubOidcError, GitHubOidcSettings, GitHubOidcStack
 from stacks.model_source import ModelSource, ModelSourceError
 
 DEFAULT_MODEL_DIR = Path("build") / "model"
@@ -46,11 +49,16 @@ def main() -> int:
             model = ModelSource.from_artifact_dir(
                 model_dir if model_dir.is_absolute() else ROOT / model_dir
             )
-    except ModelSourceError as error:
+        github = GitHubOidcSettings.from_context(
+            ctx("github_repo"), ctx("github_oidc_provider_arn")
+        )
+    except (ModelSourceError, GitHubOidcError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
     add_stages(app, stages=stages, model=model)
+    if github is not None:
+        GitHubOidcStack(app, settings=github)
     app.synth()
     return 0
 
