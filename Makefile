@@ -8,6 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAGE  ?= dev
 MODEL_DIR ?= build/model
+# Extra `cdk deploy` / `cdk diff` flags, e.g. CI's --require-approval=never (docs/ci-cd.md).
+CDK_DEPLOY_FLAGS ?=
+CDK_DIFF_FLAGS ?=
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii >= 1.1xx names the Node 20 banner differently; it takes the major version(s).
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -40,10 +43,12 @@ serve: install ## Keep the local endpoint up (Ctrl-C to stop)
 test: install ## Run every test
 	$(VENV)/bin/pytest
 
-lint: install ## ruff (lint + format check) and mypy
+lint: install ## ruff (lint + format check), mypy, and the GitHub workflows (zizmor, schema)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/zizmor --offline .github/workflows
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .
@@ -72,10 +77,10 @@ cost: install ## Monthly cost model: on-demand vs provisioned concurrency
 	$(PY) -m bench.cost
 
 deploy: install $(MODEL_DIR)/manifest.json ## Deploy STAGE (dev|prod) to the current AWS account
-	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) --outputs-file cdk-outputs-$(STAGE).json
+	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) --outputs-file cdk-outputs-$(STAGE).json $(CDK_DEPLOY_FLAGS)
 
 diff: install $(MODEL_DIR)/manifest.json ## Show what a deploy of STAGE would change
-	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)
+	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(CDK_DIFF_FLAGS)
 
 destroy: install $(MODEL_DIR)/manifest.json ## Delete STAGE's stack (see README for what stays behind)
 	npx cdk destroy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR)
