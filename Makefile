@@ -10,6 +10,9 @@ STAGE  ?= dev
 MODEL_DIR ?= build/model
 # ALARM_EMAIL=oncall@example.com subscribes that address to the alarm topic (make deploy/diff).
 ALARM_CONTEXT = $(if $(ALARM_EMAIL),-c alarm_email='$(ALARM_EMAIL)')
+# Extra `cdk deploy` / `cdk diff` flags, e.g. CI's --require-approval=never (docs/ci-cd.md).
+CDK_DEPLOY_FLAGS ?=
+CDK_DIFF_FLAGS ?=
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 # jsii >= 1.1xx names the Node 20 banner differently; it takes the major version(s).
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -48,10 +51,12 @@ serve: install ## Keep the local endpoint up (Ctrl-C to stop)
 test: install ## Run every test
 	$(VENV)/bin/pytest
 
-lint: install ## ruff (lint + format check) and mypy
+lint: install ## ruff (lint + format check), mypy, and the GitHub workflows (zizmor, schema)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/zizmor --offline .github/workflows
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .
@@ -93,10 +98,10 @@ preflight: install ## Before deploying STAGE: account, bootstrap, quotas, Docker
 	$(PY) -m preflight --stage $(STAGE) --model-dir $(MODEL_DIR)
 
 deploy: preflight ## Deploy STAGE (dev|prod) to the current AWS account (runs preflight first)
-	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT) --outputs-file cdk-outputs-$(STAGE).json
+	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT) --outputs-file cdk-outputs-$(STAGE).json $(CDK_DEPLOY_FLAGS)
 
 diff: install $(MODEL_DIR)/manifest.json ## Show what a deploy of STAGE would change
-	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT)
+	npx cdk diff -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) $(ALARM_CONTEXT) $(CDK_DIFF_FLAGS)
 
 destroy: install ## Delete STAGE's stack; needs no model (see README for what stays behind)
 	npx cdk destroy -c stage=$(STAGE) $(NO_MODEL)

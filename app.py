@@ -14,6 +14,8 @@ Context (all optional):
   -c without_model=true      for `cdk bootstrap` / `cdk destroy`, which synthesize the app but
                              deploy none of it: no model is read, and a CloudFormation rule makes
                              any deploy of these serving templates fail (make bootstrap/destroy)
+  -c github_repo=OWNER/NAME  also add the optional GitHub OIDC roles stack (docs/ci-cd.md);
+     [-c github_oidc_provider_arn=ARN]  reuse the account's existing GitHub OIDC provider
 
 Without -c stage, the app also holds ResnetServingAccount, the account-wide stack that
 `make bootstrap` deploys once (API Gateway's logging role).
@@ -32,6 +34,7 @@ from aws_cdk import App
 
 from stacks.app_builder import ROOT, add_account_stack, add_stages
 from stacks.config import STAGES
+from stacks.github_oidc import GitHubOidcError, GitHubOidcSettings, GitHubOidcStack
 from stacks.model_source import ModelSource, ModelSourceError
 from stacks.synth_guard import NO_MODEL, guard_against_deploy, parse_flag
 
@@ -66,7 +69,10 @@ def main() -> int:
             model = ModelSource.from_artifact_dir(
                 model_dir if model_dir.is_absolute() else ROOT / model_dir
             )
-    except ModelSourceError as error:
+        github = GitHubOidcSettings.from_context(
+            ctx("github_repo"), ctx("github_oidc_provider_arn")
+        )
+    except (ModelSourceError, GitHubOidcError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -89,6 +95,8 @@ def main() -> int:
             guard_against_deploy(stack)
     if stage is None:
         add_account_stack(app)
+    if github is not None:
+        GitHubOidcStack(app, settings=github)
     app.synth()
     return 0
 
