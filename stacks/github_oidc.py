@@ -32,6 +32,7 @@ from aws_cdk import aws_iam as iam
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
+from stacks.account_stack import ACCOUNT_STACK_ID
 from stacks.config import STAGES
 
 STACK_ID = "ResnetServingGitHubOidc"
@@ -47,6 +48,7 @@ DEPLOY_BOOTSTRAP_ROLES = ("deploy", "lookup", "file-publishing", "image-publishi
 # Read-only actions that have no resource-level permissions ("*" is their only Resource).
 ACCOUNT_LEVEL_READS = (
     "lambda:GetAccountSettings",
+    "lambda:ListFunctions",
     "servicequotas:GetAWSDefaultServiceQuota",
     "servicequotas:GetServiceQuota",
 )
@@ -201,7 +203,7 @@ class GitHubOidcStack(Stack):
             [
                 NagPackSuppression(
                     id="AwsSolutions-IAM5",
-                    reason="lambda:GetAccountSettings and servicequotas:GetServiceQuota/"
+                    reason="lambda:GetAccountSettings, lambda:ListFunctions and servicequotas:GetServiceQuota/"
                     "GetAWSDefaultServiceQuota (read-only, for make preflight) have no "
                     "resource-level permissions; '*' is their only valid Resource",
                     applies_to=["Resource::*"],
@@ -222,6 +224,21 @@ class GitHubOidcStack(Stack):
                         f"Resource::arn:<AWS::Partition>:cloudformation:<AWS::Region>:"
                         f"<AWS::AccountId>:stack/{stack_id}/*"
                         for stack_id in stack_ids
+                    ],
+                ),
+                NagPackSuppression(
+                    id="AwsSolutions-IAM5",
+                    reason="function and role names end in ids CloudFormation generates; "
+                    "lambda:GetFunctionConcurrency and iam:GetRole (read-only, for make "
+                    "preflight) are scoped to the serving stacks' functions and the account "
+                    "stack's roles by name prefix",
+                    applies_to=[
+                        f"Resource::arn:<AWS::Partition>:lambda:<AWS::Region>:<AWS::AccountId>:"
+                        f"function:{stack_id}-*"
+                        for stack_id in stack_ids
+                    ]
+                    + [
+                        f"Resource::arn:<AWS::Partition>:iam::<AWS::AccountId>:role/{ACCOUNT_STACK_ID}-*"
                     ],
                 ),
             ],
@@ -294,6 +311,21 @@ def _preflight_and_smoke_reads(qualifier: str, stack_ids: list[str]) -> list[iam
             sid="ReadApiGatewayAccountAndKeys",
             actions=["apigateway:GET"],
             resources=[f"{apigateway}/account", f"{apigateway}/apikeys/*"],
+        ),
+        iam.PolicyStatement(
+            # Preflight counts the concurrency a deployed stage already reserves.
+            sid="ReadServingFunctionConcurrency",
+            actions=["lambda:GetFunctionConcurrency"],
+            resources=[
+                f"arn:{Aws.PARTITION}:lambda:{Aws.REGION}:{Aws.ACCOUNT_ID}:function:{stack_id}-*"
+                for stack_id in stack_ids
+            ],
+        ),
+        iam.PolicyStatement(
+            # Preflight checks API Gateway may assume the account stack's logging role.
+            sid="ReadApiGatewayLoggingRole",
+            actions=["iam:GetRole"],
+            resources=[f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:role/{ACCOUNT_STACK_ID}-*"],
         ),
         iam.PolicyStatement(
             sid="DescribeServingStacks",

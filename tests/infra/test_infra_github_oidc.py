@@ -23,6 +23,7 @@ from stacks.github_oidc import (
     GitHubOidcStack,
     GitHubRepository,
 )
+from stacks.synth_guard import GUARD_RULE
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "octo-org/octo-repo"
@@ -214,6 +215,7 @@ def test_deploy_role_may_assume_the_bootstrap_roles_and_read_what_preflight_and_
             "Effect": "Allow",
             "Action": [
                 "lambda:GetAccountSettings",
+                "lambda:ListFunctions",
                 "servicequotas:GetAWSDefaultServiceQuota",
                 "servicequotas:GetServiceQuota",
             ],
@@ -224,6 +226,21 @@ def test_deploy_role_may_assume_the_bootstrap_roles_and_read_what_preflight_and_
             "Effect": "Allow",
             "Action": "apigateway:GET",
             "Resource": [f"{apigateway}/account", f"{apigateway}/apikeys/*"],
+        },
+        {
+            "Sid": "ReadServingFunctionConcurrency",
+            "Effect": "Allow",
+            "Action": "lambda:GetFunctionConcurrency",
+            "Resource": [
+                f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT}:function:ResnetServingDev-*",
+                f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT}:function:ResnetServingProd-*",
+            ],
+        },
+        {
+            "Sid": "ReadApiGatewayLoggingRole",
+            "Effect": "Allow",
+            "Action": "iam:GetRole",
+            "Resource": f"arn:{PARTITION}:iam::{ACCOUNT}:role/ResnetServingAccount-*",
         },
         {
             "Sid": "DescribeServingStacks",
@@ -251,9 +268,20 @@ def test_resource_star_only_for_reads_without_resource_level_permissions(
 ) -> None:
     star = [s["Action"] for s in statements(raw) if "*" in json.dumps(s.get("Resource", ""))]
     # The other wildcards are ARN suffixes (generated ids), checked exactly above.
-    assert [a for a in star if a not in ("apigateway:GET", "cloudformation:DescribeStacks")] == [
+    assert [
+        a
+        for a in star
+        if a
+        not in (
+            "apigateway:GET",
+            "cloudformation:DescribeStacks",
+            "lambda:GetFunctionConcurrency",
+            "iam:GetRole",
+        )
+    ] == [
         [
             "lambda:GetAccountSettings",
+            "lambda:ListFunctions",
             "servicequotas:GetAWSDefaultServiceQuota",
             "servicequotas:GetServiceQuota",
         ]
@@ -377,6 +405,18 @@ def test_app_adds_the_oidc_stack_only_when_given_a_repository(tmp_path: Path) ->
     assert stacks_in(tmp_path) == ["ResnetServingDev", "ResnetServingGitHubOidc"]
     # app.py's cdk-nag aspect covers it too.
     assert (tmp_path / "AwsSolutions--ResnetServingGitHubOidc-NagReport.csv").is_file()
+
+
+def test_oidc_stack_deploys_from_a_clean_checkout_without_a_model(tmp_path: Path) -> None:
+    # docs/ci-cd.md deploys it with -c without_model=true: the serving stacks come out guarded
+    # against deploy, the OIDC stack does not.
+    result = run_app(tmp_path, without_model="true", github_repo=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "ResnetServingGitHubOidc" in stacks_in(tmp_path)
+    template = json.loads((tmp_path / "ResnetServingGitHubOidc.template.json").read_text("utf-8"))
+    assert GUARD_RULE not in template.get("Rules", {})
+    dev = json.loads((tmp_path / "ResnetServingDev.template.json").read_text("utf-8"))
+    assert GUARD_RULE in dev["Rules"]
 
 
 def test_app_rejects_a_bad_repository_in_one_line(tmp_path: Path) -> None:
