@@ -34,7 +34,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGE_PIXELS = 40_000_000
 # Resize(256) scales the *shorter* side to 256, so the resized image has 256 x 256*ratio pixels:
 # a 1x3000 PNG of 95 bytes would become 256x768000 (800 MB, seconds of CPU) and 1x20M overflows
-# inside Pillow. 32:1 is three times the widest banner (970x90) and any phone panorama, and
+# inside Pillow. 32:1 is three times the widest web banner (970x90) and phone panoramas, and
 # bounds the resized image to 256x8192 (2.1 MP, 8 MB), the size of a decoded 1600x1300 photo.
 MAX_ASPECT_RATIO = 32
 # libjpeg walks every block of a component once per progressive scan, and a scan of EOB runs is
