@@ -27,6 +27,12 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 # smallest supported memory size; 8 images of the payload ceiling fit both limits.
 MAX_BATCH = 8
 DEFAULT_TOP_K = 5
+# A valid JSON body is one object holding at most a list of base64 strings: 2 brackets, and a
+# comma per image plus one per data URL. Counting brackets and commas before json.loads (a C
+# scan of the bytes, brackets inside strings included) bounds its depth and element count, so
+# 6 MiB of "[[[[" (RecursionError) or "{},{}" (~150 MB of dicts) is refused without parsing.
+MAX_JSON_BRACKETS = 16
+MAX_JSON_COMMAS = 64
 ROUTES: dict[str, tuple[str, ...]] = {"/predict": ("POST",), "/health": ("GET",)}
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
 _JSON_FIELDS = {"image", "images", "top_k"}
@@ -37,6 +43,59 @@ class PredictRequest:
     images: list[bytes]
     batch: bool  # True when the client sent {"images": [...]}; shapes the response
     top_k: int | None  # None -> DEFAULT_TOP_K, clamped to the model's classes by the caller
+
+
+def _invalid_event(reason: str) -> ApiError:
+    return ApiError(400, "invalid_event", f"Not an API Gateway proxy event: {reason}.")
+
+
+def _is_text(value: object) -> bool:
+    """A str that is valid Unicode (no lone surrogates, which JSON's \\ud800 escapes can carry)."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_map(event: dict[str, Any], name: str, *, multi: bool) -> None:
+    mapping = event.get(name)
+    if mapping is None:
+        return
+    wanted = "lists of strings" if multi else "strings"
+    if not isinstance(mapping, dict):
+        raise _invalid_event(f"{name} must be an object mapping names to {wanted}")
+    for key, value in mapping.items():
+        values = value if multi else [value]
+        if not (_is_text(key) and isinstance(values, list) and all(map(_is_text, values))):
+            raise _invalid_event(f"{name} must map names to {wanted}")
+
+
+def check_event(event: Any) -> dict[str, Any]:
+    """The event, if it has the types API Gateway's REST proxy integration gives every field used.
+
+    A direct invoke (console, SDK, another service) can send any JSON at all; anything API
+    Gateway would never send is a 400 ``invalid_event`` rather than a TypeError deeper down.
+    """
+    if not isinstance(event, dict):
+        raise _invalid_event("the event must be a JSON object")
+    for name in ("path", "httpMethod"):
+        if event.get(name) is not None and not _is_text(event[name]):
+            raise _invalid_event(f"{name} must be a string")
+    # The body's Unicode is checked where it is encoded (body_bytes), not copied here.
+    if event.get("body") is not None and not isinstance(event["body"], str):
+        raise _invalid_event("body must be a string or null")
+    if event.get("isBase64Encoded") is not None and not isinstance(event["isBase64Encoded"], bool):
+        raise _invalid_event("isBase64Encoded must be true or false")
+    _check_map(event, "headers", multi=False)
+    _check_map(event, "queryStringParameters", multi=False)
+    _check_map(event, "multiValueHeaders", multi=True)
+    _check_map(event, "multiValueQueryStringParameters", multi=True)
+    return event
 
 
 def header(event: dict[str, Any], name: str) -> str | None:
@@ -60,7 +119,8 @@ def query_param(event: dict[str, Any], name: str) -> str | None:
 
 
 def route(event: dict[str, Any]) -> str:
-    """The route name for the event, or an ApiError 404/405."""
+    """The route name for the event, or an ApiError 400 (not an API Gateway event)/404/405."""
+    check_event(event)
     path = (event.get("path") or "/").rstrip("/") or "/"
     method = (event.get("httpMethod") or "").upper()
     allowed = ROUTES.get(path)
@@ -85,6 +145,8 @@ def body_bytes(event: dict[str, Any]) -> bytes:
     body = event.get("body")
     if body is None or body == "":
         return b""
+    if not isinstance(body, str):
+        raise _invalid_event("body must be a string or null")
     if len(body) > MAX_BODY_BYTES * 4 // 3 + 4:
         raise _payload_too_large()
     if event.get("isBase64Encoded"):
@@ -93,7 +155,10 @@ def body_bytes(event: dict[str, Any]) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise ApiError(400, "invalid_base64", "The request body is not valid base64.") from exc
     else:
-        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _invalid_event("the body is not valid Unicode text") from exc
     if len(data) > MAX_BODY_BYTES:
         raise _payload_too_large()
     return data
@@ -127,6 +192,7 @@ def _b64_image(value: Any, where: str) -> bytes:
 
 def parse_predict(event: dict[str, Any]) -> PredictRequest:
     """POST /predict event -> images and options; raises ApiError 400/413/415."""
+    check_event(event)
     query_top_k = query_param(event, "top_k")
     top_k = parse_top_k(query_top_k, "query parameter") if query_top_k is not None else None
     kind = media_type(event)
@@ -145,11 +211,7 @@ def parse_predict(event: dict[str, Any]) -> PredictRequest:
             f"{', '.join(RAW_IMAGE_TYPES)} or {JSON_TYPE}.",
         )
 
-    raw = body_bytes(event)
-    try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
+    payload = parse_json(body_bytes(event))
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_request", "The JSON body must be an object.")
     unknown = sorted(set(payload) - _JSON_FIELDS)
@@ -188,6 +250,25 @@ def parse_predict(event: dict[str, Any]) -> PredictRequest:
         )
     images = [_b64_image(item, f"images[{i}]") for i, item in enumerate(items)]
     return PredictRequest(images=images, batch=True, top_k=top_k)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON bytes -> value, its size and shape bounded before parsing; ApiError 400 otherwise."""
+    brackets = raw.count(b"[") + raw.count(b"{")
+    commas = raw.count(b",")
+    if brackets > MAX_JSON_BRACKETS or commas > MAX_JSON_COMMAS:
+        raise ApiError(
+            400,
+            "json_too_complex",
+            f"The JSON body has {brackets} brackets and {commas} commas; a request needs at "
+            f"most {MAX_JSON_BRACKETS} and {MAX_JSON_COMMAS} "
+            '({"image": ...} or {"images": [...], "top_k": ...}).',
+        )
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        # ValueError beyond JSONDecodeError: an integer past Python's 4300-digit str limit.
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
 
 
 def resolve_top_k(top_k: int | None, num_classes: int) -> int:

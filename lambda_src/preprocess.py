@@ -11,20 +11,44 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from errors import ApiError
 
-# Formats the API accepts; anything else Pillow can identify is a 415, not a 400.
+# Formats the API accepts, as Pillow names them. Which one a body is comes from its magic number
+# (image_format), never from asking Pillow's plugins: some of those parse, or decode, the whole
+# payload just to say "not mine".
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+
+# Every limit below is checked from headers and file structure, before anything is decoded or
+# resized; docs/inference.md ("Limits") gives the time and memory budget they add up to.
+
 # 40 MP covers every phone and DSLR photo (12-50 MP sensors are downscaled by clients far more
-# often than not) while capping a decode at ~120 MB of RGB, safe at the function's memory size.
+# often than not) while capping a decode at ~160 MB (Pillow keeps RGB in 4 bytes per pixel).
 MAX_IMAGE_PIXELS = 40_000_000
+# Resize(256) scales the *shorter* side to 256, so the resized image has 256 x 256*ratio pixels:
+# a 1x3000 PNG of 95 bytes would become 256x768000 (800 MB, seconds of CPU) and 1x20M overflows
+# inside Pillow. 32:1 is three times the widest web banner (970x90) and phone panoramas, and
+# bounds the resized image to 256x8192 (2.1 MP, 8 MB), the size of a decoded 1600x1300 photo.
+MAX_ASPECT_RATIO = 32
+# libjpeg walks every block of a component once per progressive scan, and a scan of EOB runs is
+# a few bytes: 1,000 repeated 16-byte scans of a 4 MP image cost 2.6 s of CPU here
+# (libjpeg-turbo's LJT-01-003). libjpeg's own progressions write 6 (gray), 10 (YCbCr),
+# 14 (RGB) or 18 (CMYK) scans; 32 keeps ~2x headroom over those and caps a hostile 40 MP file
+# at ~4x the cost of a legitimate one.
+MAX_JPEG_SCANS = 32
+# Pillow parses JPEG marker segments and PNG chunks one Python call at a time (~2 us each), so
+# 6 MiB of empty COM segments or unknown chunks costs over a second. Real files have tens
+# (JPEG: APPn, DQT, DHT per scan, SOS; even 6 MiB of 64 KiB XMP/ICC segments is under 100) and
+# libpng writes 8 KiB IDAT chunks (768 in 6 MiB), so these caps only stop manufactured files.
+MAX_JPEG_SEGMENTS = 1024
+MAX_PNG_CHUNKS = 16384
 # JPEG draft decoding (DCT scaling by 1/2, 1/4, 1/8) keeps the shorter side at least this many
 # times the resize target, so the final antialiased resize still has 2x oversampling to work with.
 DRAFT_OVERSAMPLING = 2
@@ -61,20 +85,124 @@ IMAGENET = PreprocessSpec(
 )
 
 
-def open_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Identify the image from its header only and refuse what we will not decode."""
-    try:
-        with warnings.catch_warnings():
-            # Our own limit below gives the client a 413; Pillow's warning would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, "image_too_large", f"Image exceeds {max_pixels} pixels.") from exc
-    except UnidentifiedImageError:
-        raise _unaccepted(data) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(400, "corrupt_image", f"Image header could not be read: {exc}") from exc
-    width, height = img.size
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Magic numbers of formats a client may plausibly send, only to name them in the 415; none of
+# these bytes is ever handed to Pillow.
+_OTHER_FORMATS = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"#?RADIANCE", "Radiance HDR"),
+    (b"#?RGBE", "Radiance HDR"),
+    (b"SIMPLE  =", "FITS"),
+    (b"%PDF-", "PDF"),
+    (b"%!PS", "PostScript"),
+    (b"\xc5\xd0\xd3\xc6", "PostScript"),  # DOS EPS binary header
+    (b"<svg", "SVG"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1"}
+_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+def image_format(data: bytes) -> str | None:
+    """The format the file's magic number names (Pillow's name for the accepted three), or None.
+
+    Reads at most the first 32 bytes: a verdict that costs the same for any body.
+    """
+    head = bytes(data[:32])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIF"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    if head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in (b" ", b"\t", b"\r", b"\n"):
+        return "PNM"
+    return None
+
+
+# A JPEG marker is 0xFF and a code byte. In entropy-coded data a 0xFF data byte is stuffed as
+# FF 00, restart markers FF D0-D7 carry no length and stay inside their scan, and any number of
+# FF fill bytes may precede a marker. libjpeg skips all of those the same way, as it does the
+# length-less SOI and TEM; this class leaves the regex engine to skip them, in C, so the walk
+# below runs once per marker segment, never once per byte.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\x01\xd0-\xd8\xff]")
+_JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The number of scans (SOS markers) libjpeg would decode; raises ApiError 422 past the caps.
+
+    Walks marker segments by their lengths up to EOI, the way libjpeg's marker reader does, and
+    stops as soon as MAX_JPEG_SCANS or MAX_JPEG_SEGMENTS is exceeded: bounded whatever the bytes.
+    """
+    scans = segments = 0
+    pos = 2  # after SOI
+    while (marker := _JPEG_MARKER.search(data, pos)) is not None:
+        code = data[marker.start() + 1]
+        if code == _JPEG_EOI:
+            break
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise _too_complex(f"JPEG has more than {MAX_JPEG_SEGMENTS} marker segments")
+        if code == _JPEG_SOS:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise _too_complex(
+                    f"JPEG has more than {MAX_JPEG_SCANS} scans; re-encode it as baseline or "
+                    "with a standard progressive script"
+                )
+        # The length counts its own two bytes; a bogus one (< 2) makes libjpeg stop with an
+        # error, so skipping just the two bytes never under-counts what libjpeg would decode.
+        pos = marker.end() + max(int.from_bytes(data[marker.end() : marker.end() + 2]), 2)
+    return scans
+
+
+def png_chunks(data: bytes) -> int:
+    """The number of chunks up to IEND; raises ApiError 422 past MAX_PNG_CHUNKS."""
+    chunks, pos = 0, len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise _too_complex(f"PNG has more than {MAX_PNG_CHUNKS} chunks")
+        if data[pos + 4 : pos + 8] == b"IEND":
+            break
+        pos += 12 + int.from_bytes(data[pos : pos + 4])  # length, type, data, CRC
+    return chunks
+
+
+def _too_complex(reason: str) -> ApiError:
+    return ApiError(422, "image_too_complex", f"{reason}.")
+
+
+def check_size(size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse, from the header's dimensions, an image whose decode or resize is out of budget."""
+    width, height = size
     if width <= 0 or height <= 0:
         raise ApiError(400, "corrupt_image", "Image has no pixels.")
     if width * height > max_pixels:
@@ -84,24 +212,53 @@ def open_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Imag
             f"Image is {width}x{height} ({width * height} pixels); "
             f"the limit is {max_pixels} pixels.",
         )
-    return img
+    check_aspect_ratio(size)
 
 
-def _unaccepted(data: bytes) -> ApiError:
-    """A 415 if Pillow knows the format (GIF, BMP, TIFF...), else a 400: the bytes are no image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fmt = Image.open(io.BytesIO(data)).format
-    except Exception:  # any failure to identify means "not an image"
-        fmt = None
-    if fmt:
-        return ApiError(
+def check_aspect_ratio(size: tuple[int, int]) -> None:
+    """Refuse an aspect ratio over MAX_ASPECT_RATIO:1 (resizing its short side explodes)."""
+    width, height = size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ApiError(
+            422,
+            "extreme_aspect_ratio",
+            f"Image is {width}x{height}; the longer side may be at most {MAX_ASPECT_RATIO} "
+            "times the shorter one. Crop it to the part to classify.",
+        )
+
+
+def open_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Identify the image from its header and refuse what we will not decode; decodes nothing.
+
+    In order, each before anything costlier: the magic number (415 for another known format,
+    400 for no image), the file structure (JPEG scans and segments, PNG chunks: 422), then the
+    dimensions Pillow reads from the header (pixels: 413, aspect ratio: 422).
+    """
+    fmt = image_format(data)
+    if fmt not in ACCEPTED_FORMATS:
+        if fmt is None:
+            raise ApiError(400, "not_an_image", "The data is not a JPEG, PNG or WebP image.")
+        raise ApiError(
             415,
             "unsupported_image_format",
             f"Image format {fmt} is not supported; send JPEG, PNG or WebP.",
         )
-    return ApiError(400, "not_an_image", "The data is not a JPEG, PNG or WebP image.")
+    if fmt == "JPEG":
+        jpeg_scans(data)
+    elif fmt == "PNG":
+        png_chunks(data)
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below gives the client a 413; Pillow's warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=(fmt,))
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, "image_too_large", f"Image exceeds {max_pixels} pixels.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # UnidentifiedImageError (an OSError) included: the magic number promised this format.
+        raise ApiError(400, "corrupt_image", f"Image header could not be read: {exc}") from exc
+    check_size(img.size, max_pixels)
+    return img
 
 
 def draft_size(size: tuple[int, int], target: int) -> tuple[int, int] | None:
@@ -162,6 +319,9 @@ def transform(
     ``out`` (float32 [3, crop, crop], e.g. one row of a batch) receives the result in place.
     """
     width, height = img.size
+    # Again here, for callers that did not come through open_image: the resize below would
+    # otherwise allocate resize x (resize * ratio) pixels, however few the input has.
+    check_aspect_ratio(img.size)
     short, long = (width, height) if width <= height else (height, width)
     # torchvision: new_long = int(size * long / short), computed in float then truncated.
     new_short, new_long = spec.resize, int(spec.resize * long / short)

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from handler_testkit import FakeContext, body_of, predict_event, route_event
+from hostile_inputs import jpeg_with_scans, sliver_png
 from PIL import Image, ImageOps
 from torchvision import transforms
 
@@ -246,6 +247,17 @@ ERROR_CASES = {
     "missing_content_type": (lambda: predict_event(JPEG, None), 415, "unsupported_media_type"),
     "gif_bytes_as_jpeg": (lambda: predict_event(_gif(), "image/jpeg"), 415,
                           "unsupported_image_format"),
+    "json_too_deep": (
+        lambda: predict_event("[" * 50_000, "application/json"), 400, "json_too_complex"),
+    "json_integer_past_digit_limit": (
+        lambda: predict_event('{"image": "aGk=", "top_k": ' + "9" * 5000 + "}",
+                              "application/json"), 400, "malformed_json"),
+    "event_headers_as_list": (
+        lambda: {**predict_event(JPEG), "headers": [["Content-Type", "image/jpeg"]]}, 400,
+        "invalid_event"),
+    "extreme_aspect_ratio": (
+        lambda: predict_event(sliver_png(), "image/png"), 422, "extreme_aspect_ratio"),
+    "jpeg_too_many_scans": (lambda: predict_event(jpeg_with_scans(200)), 422, "image_too_complex"),
     "unknown_route": (lambda: route_event("GET", "/nope"), 404, "not_found"),
     "get_predict": (lambda: route_event("GET", "/predict"), 405, "method_not_allowed"),
     "post_health": (lambda: route_event("POST", "/health"), 405, "method_not_allowed"),
