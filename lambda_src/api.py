@@ -160,14 +160,8 @@ def parse_predict(event: dict[str, Any]) -> PredictRequest:
             f"Unknown field(s): {', '.join(unknown)}; allowed: image, images, top_k.",
         )
     if "top_k" in payload:
-        body_top_k = parse_top_k(payload["top_k"], "JSON field")
-        if top_k is not None and body_top_k != top_k:
-            raise ApiError(
-                400,
-                "invalid_top_k",
-                "top_k is given as a query parameter and a JSON field with different values.",
-            )
-        top_k = body_top_k
+        # Both are validated; the JSON field, the more specific, wins (docs/openapi.yaml).
+        top_k = parse_top_k(payload["top_k"], "JSON field")
 
     if ("image" in payload) == ("images" in payload):
         raise ApiError(

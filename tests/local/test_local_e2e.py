@@ -95,7 +95,8 @@ def test_missing_or_wrong_api_key_is_403(served, key):
     with pytest.raises(ApiError) as info:
         Client(served.endpoint, key).classify(_photo("chelsea.png"))
     assert info.value.status == 403
-    assert info.value.body == {"message": "Forbidden"}
+    assert info.value.code == "invalid_api_key"
+    assert info.value.body["error"]["code"] == "invalid_api_key"
 
 
 def test_bytes_that_are_not_an_image_are_400(client):
