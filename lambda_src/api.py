@@ -106,6 +106,9 @@ def _payload_too_large() -> ApiError:
 def parse_top_k(value: Any, source: str) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
         value = int(value)
+    # JSON Schema's integer is a number without a fractional part, so 3.0 is one (openapi.yaml).
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, "invalid_top_k", f"top_k ({source}) must be an integer.")
     if value < 1:

@@ -144,6 +144,14 @@ def test_json_top_k_takes_precedence_over_the_query_parameter(invoke, fp32_publi
     assert len(body_of(response)["predictions"]) == 2
 
 
+def test_an_integral_json_number_is_an_integer_top_k(invoke, fp32_published):
+    # JSON Schema (and so docs/openapi.yaml) counts 3.0 as an integer; 2.5 stays a 400.
+    event = predict_event({"image": b64(JPEG), "top_k": 3.0}, "application/json")
+    response = invoke(event)
+    assert response["statusCode"] == 200
+    assert len(body_of(response)["predictions"]) == 3
+
+
 def test_batch_returns_one_entry_per_image_in_order(
     invoke, fp32_published, reference_probabilities
 ):
