@@ -71,7 +71,7 @@ class ApiSpec:
     timeout_s: int
     throttle_rate_rps: float | None = None  # usage plan steady-state rate
     throttle_burst: int | None = None
-    quota: tuple[int, str] | None = None  # (limit, "DAY"/"WEEK"/"MONTH"), enforced with the throttle
+    quota: tuple[int, str] | None = None  # (limit, DAY/WEEK/MONTH), enforced with the throttle
     access_log_format: str | None = None  # the stage's AccessLogSetting.Format
     gateway_responses: dict[str, GatewayResponse] = field(default_factory=dict)  # by type
     source: str = ""
