@@ -7,6 +7,7 @@ the one check the built-in ones cannot express.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,11 @@ MAX_EXAMPLES = 40  # per operation and phase; about 140 requests, ~40 s at 4 req
 SEED = 20261203
 
 
-def run_schemathesis(served: ServedEndpoint, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_schemathesis(
+    served: ServedEndpoint, scratch: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    # Hypothesis keeps its caches in ./.hypothesis unless told otherwise.
+    env = {**os.environ, "HYPOTHESIS_STORAGE_DIRECTORY": str(scratch / "hypothesis")}
     return subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
@@ -53,6 +58,7 @@ def run_schemathesis(served: ServedEndpoint, *extra: str) -> subprocess.Complete
             *extra,
         ],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -61,8 +67,8 @@ def run_schemathesis(served: ServedEndpoint, *extra: str) -> subprocess.Complete
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_contract_violation(served: ServedEndpoint) -> None:
-    done = run_schemathesis(served)
+def test_schemathesis_finds_no_contract_violation(served: ServedEndpoint, tmp_path: Path) -> None:
+    done = run_schemathesis(served, tmp_path)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     summary = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert summary is not None, done.stdout[-3000:]
