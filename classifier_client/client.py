@@ -72,10 +72,10 @@ def _error_from_response(resp: requests.Response) -> ApiError:
     code, message = "", (resp.text or resp.reason or "").strip()[:300]
     if isinstance(body, dict):
         err = body.get("error")
-        if isinstance(err, dict):  # the function's own errors: {"error": {"code", "message"}}
+        if isinstance(err, dict):  # the API's errors, function or gateway: {"error": {...}}
             code = str(err.get("code", ""))
             message = str(err.get("message", message))
-        elif "message" in body:  # API Gateway's own responses: {"message": "..."}
+        elif "message" in body:  # API Gateway's defaults (no gateway responses): {"message"}
             message = str(body["message"])
     if resp.status_code == 403 and message == "Forbidden":
         message = "Forbidden (missing or wrong API key)"

@@ -171,6 +171,9 @@ def _payload_too_large() -> ApiError:
 def parse_top_k(value: Any, source: str) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
         value = int(value)
+    # JSON Schema's integer is a number without a fractional part, so 3.0 is one (openapi.yaml).
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, "invalid_top_k", f"top_k ({source}) must be an integer.")
     if value < 1:
@@ -222,14 +225,8 @@ def parse_predict(event: dict[str, Any]) -> PredictRequest:
             f"Unknown field(s): {', '.join(unknown)}; allowed: image, images, top_k.",
         )
     if "top_k" in payload:
-        body_top_k = parse_top_k(payload["top_k"], "JSON field")
-        if top_k is not None and body_top_k != top_k:
-            raise ApiError(
-                400,
-                "invalid_top_k",
-                "top_k is given as a query parameter and a JSON field with different values.",
-            )
-        top_k = body_top_k
+        # Both are validated; the JSON field, the more specific, wins (docs/openapi.yaml).
+        top_k = parse_top_k(payload["top_k"], "JSON field")
 
     if ("image" in payload) == ("images" in payload):
         raise ApiError(

@@ -1,14 +1,16 @@
 """What the local gateway needs, read from the synthesized CloudFormation of a stage.
 
-Routes, API key requirements, binary media types, the stage name, the usage plan's throttle and the
-function's environment, memory and timeout all come from the template that `cdk deploy` would
-apply (templates/<Stack>.template.json, kept current by `make templates`), so local and deployed
+Routes, API key requirements, binary media types, the stage name, the usage plan's throttle and
+quota, the API's gateway responses (its own error answers) and the function's environment, memory
+and timeout all come from the template that `cdk deploy` would apply
+(templates/<Stack>.template.json, kept current by `make templates`), so local and deployed
 behaviour cannot drift apart silently: anything the emulator cannot honour is an error here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,24 @@ LOCAL_OVERRIDES = frozenset(
 
 class TemplateError(Exception):
     """The template lacks something the local gateway must mirror."""
+
+
+# The $context variables a gateway response template may use locally; API Gateway knows more,
+# and a template using one of those is refused here rather than rendered differently.
+GATEWAY_TEMPLATE_VARIABLES = frozenset(
+    {"requestId", "error.message", "error.messageString", "error.responseType"}
+)
+_TEMPLATE_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    """An AWS::ApiGateway::GatewayResponse: how API Gateway words one type of its own errors."""
+
+    response_type: str  # "MISSING_AUTHENTICATION_TOKEN", "DEFAULT_4XX", ...
+    status_code: int | None  # None: the status API Gateway chose is kept
+    templates: dict[str, str]  # content type -> body template (plain $context substitution)
+    headers: dict[str, str]  # static response headers, unquoted
 
 
 @dataclass(frozen=True)
@@ -51,8 +71,9 @@ class ApiSpec:
     timeout_s: int
     throttle_rate_rps: float | None = None  # usage plan steady-state rate
     throttle_burst: int | None = None
-    quota: tuple[int, str] | None = None  # (limit, period) - reported, not enforced
+    quota: tuple[int, str] | None = None  # (limit, DAY/WEEK/MONTH), enforced with the throttle
     access_log_format: str | None = None  # the stage's AccessLogSetting.Format
+    gateway_responses: dict[str, GatewayResponse] = field(default_factory=dict)  # by type
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -212,8 +233,48 @@ def parse_template(template: dict[str, Any], *, stack: str, source: str = "") ->
         throttle_burst=burst,
         quota=quota,
         access_log_format=access_log_format,
+        gateway_responses=_gateway_responses(resources, api_id),
         source=source,
     )
+
+
+def _gateway_responses(resources: dict[str, Any], api_id: str) -> dict[str, GatewayResponse]:
+    found: dict[str, GatewayResponse] = {}
+    for logical, res in sorted(_of_type(resources, "AWS::ApiGateway::GatewayResponse").items()):
+        props = res.get("Properties", {})
+        if api_id not in _refs(props.get("RestApiId")):
+            continue
+        kind = str(props.get("ResponseType", ""))
+        templates = props.get("ResponseTemplates") or {}
+        if not all(isinstance(t, str) for t in templates.values()):
+            raise TemplateError(f"{logical}: response templates must be plain strings")
+        for template in templates.values():
+            for match in _TEMPLATE_VARIABLE.finditer(template):
+                root, path = match.group(1), match.group(2).lstrip(".")
+                if root != "context" or path not in GATEWAY_TEMPLATE_VARIABLES:
+                    raise TemplateError(
+                        f"{logical}: local mode cannot render {match.group(0)} in a gateway "
+                        "response; it knows $context."
+                        + ", $context.".join(sorted(GATEWAY_TEMPLATE_VARIABLES))
+                    )
+        headers: dict[str, str] = {}
+        for name, value in (props.get("ResponseParameters") or {}).items():
+            quoted = isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == "'"
+            if not name.startswith("gatewayresponse.header.") or not quoted:
+                raise TemplateError(
+                    f"{logical}: only static headers ('value') are emulated, not {name}={value!r}"
+                )
+            headers[name.removeprefix("gatewayresponse.header.")] = value[1:-1]
+        status = props.get("StatusCode")
+        if kind in found:
+            raise TemplateError(f"two gateway responses of type {kind}")
+        found[kind] = GatewayResponse(
+            response_type=kind,
+            status_code=int(status) if status is not None else None,
+            templates=dict(templates),
+            headers=headers,
+        )
+    return found
 
 
 def _validates_parameters(resources: dict[str, Any], validator_ref: Any) -> bool:

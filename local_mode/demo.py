@@ -264,7 +264,9 @@ def add_endpoint_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"synthesized stack to mirror (default {_rel(template_path())})",
     )
-    p.add_argument("--no-throttle", action="store_true", help="ignore the usage plan's rate limit")
+    p.add_argument(
+        "--no-throttle", action="store_true", help="ignore the usage plan's rate limit and quota"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

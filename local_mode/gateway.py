@@ -4,21 +4,25 @@ Each HTTP request on 127.0.0.1 becomes the event API Gateway would send (resourc
 multiValueHeaders, query strings, requestContext with the API key identity, body base64-encoded
 with isBase64Encoded=true for the API's binary media types), and the function's proxy response
 becomes the HTTP response. Routes, API key requirements, binary media types, the stage and the
-usage plan's throttle come from the synthesized template (see apispec.py).
+usage plan's throttle and quota come from the synthesized template (see apispec.py).
 
-Answers that API Gateway itself gives, before or after the function, are mirrored with its
-default gateway responses: 403 {"message": "Missing Authentication Token"} for an unknown
-resource or method, 403 {"message": "Forbidden"} for a missing or wrong API key, 429
-{"message": "Too Many Requests"} over the usage plan's rate, 413 {"message": "Request Too Long"}
-over the 10 MB payload limit (or Lambda's 6 MB invoke limit), 502 {"message": "Internal server
-error"} when the function fails or returns a malformed response, and 504 {"message": "Endpoint
-request timed out"} past the 29 s integration timeout.
+Answers that API Gateway itself gives, before or after the function, use the API's gateway
+responses from the template (stacks/gateway_responses.py puts every one in the
+{"error": {"code", "message"}} shape), with API Gateway's status for each: 403 for an unknown
+resource or method (MISSING_AUTHENTICATION_TOKEN) and for a missing or wrong API key
+(INVALID_API_KEY), 429 over the usage plan's rate (THROTTLED) or quota (QUOTA_EXCEEDED), 400 for a
+missing required header (BAD_REQUEST_PARAMETERS), 413 over Lambda's 6 MB invoke limit
+(REQUEST_TOO_LARGE), 502 when the function fails or returns a malformed response
+(INTEGRATION_FAILURE) and 504 past the 29 s integration timeout (INTEGRATION_TIMEOUT). A template
+without gateway responses gets API Gateway's defaults ({"message": "Forbidden"}, ...). A body over
+API Gateway's 10 MB limit is refused by its front end before any of that, in plain text.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import importlib
 import json
 import re
@@ -325,9 +329,15 @@ MISSING_TOKEN = GatewayFailure(
 )
 FORBIDDEN = GatewayFailure(403, "Forbidden", "ForbiddenException", "INVALID_API_KEY")
 THROTTLED = GatewayFailure(429, "Too Many Requests", "TooManyRequestsException", "THROTTLED")
-TOO_LARGE = GatewayFailure(413, "Request Too Long", "RequestTooLongException", "REQUEST_TOO_LARGE")
+QUOTA_EXCEEDED = GatewayFailure(429, "Limit Exceeded", "LimitExceededException", "QUOTA_EXCEEDED")
+# An event over Lambda's invoke limit, as observed: 413 {"message": "Request Too Long"} with
+# x-amzn-ErrorType BadRequestException (github.com/koki-develop/lgtm-generator/issues/10).
+TOO_LARGE = GatewayFailure(413, "Request Too Long", "BadRequestException", "REQUEST_TOO_LARGE")
+# A function error or malformed/oversized proxy response: 502, logged as INTEGRATION_FAILURE
+# (Lambda guide "Handling Lambda errors with an API Gateway API"; access logs quoted in
+# github.com/DataBiosphere/azul/issues/8258 and /7470).
 INTERNAL = GatewayFailure(
-    502, "Internal server error", "InternalServerErrorException", "DEFAULT_5XX"
+    502, "Internal server error", "InternalServerErrorException", "INTEGRATION_FAILURE"
 )
 TIMED_OUT = GatewayFailure(
     504, "Endpoint request timed out", "IntegrationTimeoutException", "INTEGRATION_TIMEOUT"
@@ -342,6 +352,7 @@ class Outcome:
     headers: dict[str, str]
     body: bytes
     failure: GatewayFailure | None = None
+    front_end: bool = False  # refused before API Gateway proper: no request id, no access log
     resource_path: str | None = None
     event: dict[str, Any] | None = None
     integration_latency_ms: float | None = None
@@ -352,6 +363,86 @@ def gateway_error(failure: GatewayFailure, **details: Any) -> Outcome:
     body = json.dumps({"message": failure.message}).encode()
     headers = {"Content-Type": "application/json", "x-amzn-ErrorType": failure.error_type}
     return Outcome(failure.status, headers, body, failure=failure, **details)
+
+
+def front_end_too_large() -> Outcome:
+    """A body over 10 MB, refused by API Gateway's front end before gateway responses apply.
+
+    As observed (github.com/koki-develop/lgtm-generator/issues/10; a REQUEST_TOO_LARGE gateway
+    response did not change it, as also reported in github.com/reapit/foundations/issues/4338).
+    """
+    body = f"HTTP content length exceeded {API_PAYLOAD_LIMIT} bytes.".encode()
+    return Outcome(413, {"Content-Type": "text; charset=utf-8"}, body, front_end=True)
+
+
+# -- gateway responses: API Gateway's own errors, as the template words them ----------------
+
+_CONTEXT_IN_TEMPLATE = re.compile(
+    r"\$context\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+)
+
+
+def render_gateway_response(
+    spec: ApiSpec, failure: GatewayFailure, request_id: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one of API Gateway's own answers.
+
+    The response of the failure's type, else DEFAULT_4XX/DEFAULT_5XX, else API Gateway's default
+    {"message": ...}. A status set on the DEFAULT type applies to every type of its class that
+    sets none ("Gateway response types for API Gateway").
+    """
+    fallback = spec.gateway_responses.get("DEFAULT_4XX" if failure.status < 500 else "DEFAULT_5XX")
+    response = spec.gateway_responses.get(failure.response_type) or fallback
+    status = (
+        (response.status_code if response else None)
+        or (fallback.status_code if fallback else None)
+        or failure.status
+    )
+    headers = {"x-amzn-ErrorType": failure.error_type}
+    if response is None or not response.templates:
+        headers["Content-Type"] = "application/json"
+        return status, headers, json.dumps({"message": failure.message}).encode()
+    content_type = "application/json" if "application/json" in response.templates else ""
+    content_type = content_type or next(iter(response.templates))
+    values = {
+        "requestId": request_id,
+        "error.message": failure.message,
+        "error.messageString": json.dumps(failure.message),
+        "error.responseType": failure.response_type,
+    }
+    body = _CONTEXT_IN_TEMPLATE.sub(lambda m: values[m.group(1)], response.templates[content_type])
+    return status, {"Content-Type": content_type, **headers, **response.headers}, body.encode()
+
+
+class QuotaCounter:
+    """The usage plan's quota: `limit` requests per calendar DAY, WEEK or MONTH (UTC)."""
+
+    def __init__(self, limit: int, period: str, clock: Callable[[], float] = time.time) -> None:
+        if period not in ("DAY", "WEEK", "MONTH"):
+            raise ValueError(f"unknown quota period {period!r}")
+        self.limit, self.period, self._clock = limit, period, clock
+        self._window: tuple[int, ...] = ()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def _current_window(self) -> tuple[int, ...]:
+        t = time.gmtime(self._clock())
+        if self.period == "DAY":
+            return (t.tm_year, t.tm_yday)
+        if self.period == "WEEK":
+            year, week, _ = datetime.date(t.tm_year, t.tm_mon, t.tm_mday).isocalendar()
+            return (year, week)
+        return (t.tm_year, t.tm_mon)
+
+    def take(self) -> bool:
+        with self._lock:
+            window = self._current_window()
+            if window != self._window:
+                self._window, self._used = window, 0
+            if self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
 
 
 @dataclass(frozen=True)
@@ -398,7 +489,17 @@ class LocalGateway:
             if throttle and spec.throttle_rate_rps
             else None
         )
+        self.quota = QuotaCounter(*spec.quota) if throttle and spec.quota else None
         self.events_seen = 0
+
+    def finish(self, outcome: Outcome, request_id: str) -> Outcome:
+        """Word API Gateway's own answers with the API's gateway responses."""
+        if outcome.failure is None:
+            return outcome
+        outcome.status, outcome.headers, outcome.body = render_gateway_response(
+            self.spec, outcome.failure, request_id
+        )
+        return outcome
 
     def handle(
         self,
@@ -429,6 +530,8 @@ class LocalGateway:
             return gateway_error(FORBIDDEN, **known)
         if self.bucket is not None and not self.bucket.take():
             return gateway_error(THROTTLED, **known)
+        if self.quota is not None and not self.quota.take():
+            return gateway_error(QUOTA_EXCEEDED, **known)
         missing = self._missing_parameters(route, headers, url.query)
         if missing:
             message = f"Missing required request parameters: [{', '.join(missing)}]"
@@ -529,7 +632,7 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         start = time.perf_counter()
         body = self._read_body()
         if body is None:
-            outcome = gateway_error(TOO_LARGE)
+            outcome = front_end_too_large()
             self.close_connection = True
         else:
             try:
@@ -545,16 +648,18 @@ class _HTTPHandler(BaseHTTPRequestHandler):
                 outcome = gateway_error(INTERNAL)
                 if gateway.on_function_error:
                     gateway.on_function_error(request_id, exc)
+            outcome = gateway.finish(outcome, request_id)
         self.send_response(outcome.status)
         for k, v in outcome.headers.items():
             self.send_header(k, v)
-        self.send_header("x-amzn-RequestId", request_id)
-        self.send_header("x-amz-apigw-id", base64.b64encode(uuid.uuid4().bytes[:6]).decode())
+        if not outcome.front_end:
+            self.send_header("x-amzn-RequestId", request_id)
+            self.send_header("x-amz-apigw-id", base64.b64encode(uuid.uuid4().bytes[:6]).decode())
         self.send_header("Content-Length", str(len(outcome.body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(outcome.body)
-        if gateway.on_access:
+        if gateway.on_access and not outcome.front_end:
             latency_ms = (time.perf_counter() - start) * 1000
             gateway.on_access(
                 AccessRecord(
@@ -627,7 +732,13 @@ class _HTTPHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+    def __getattr__(self, name: str) -> Any:
+        # http.server answers a method without a do_<METHOD> with an HTML 501; API Gateway routes
+        # every method token, and one the resource does not declare (TRACE, PROPFIND, ...) gets
+        # MISSING_AUTHENTICATION_TOKEN like an unknown path.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # access records go to LocalGateway.on_access instead of stderr

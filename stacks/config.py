@@ -37,6 +37,31 @@ DEPLOYMENT_CONFIGS = (
     "LINEAR_10_PERCENT_EVERY_10_MINUTES",
 )
 
+# Lambda's synchronous invocation payload limit: no request body above it can ever be served
+# (API Gateway base64-encodes image bodies into the event, so images hit it at about 4.5 MB).
+LAMBDA_INVOKE_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class WafConfig:
+    """A WAFv2 web ACL on the API stage (stacks/firewall.py).
+
+    Attributes:
+        rate_limit_per_5_minutes: Requests one client IP may send in any 5-minute window before
+            WAF answers it 429 (WAF accepts 10 to 2,000,000,000).
+        max_body_bytes: Requests declaring a larger Content-Length are answered 413 before they
+            reach API Gateway's integration; bytes, default Lambda's 6 MB invoke limit.
+    """
+
+    rate_limit_per_5_minutes: int = 3_000
+    max_body_bytes: int = LAMBDA_INVOKE_PAYLOAD_BYTES
+
+    def __post_init__(self) -> None:
+        if not 10 <= self.rate_limit_per_5_minutes <= 2_000_000_000:
+            raise ValueError("WafConfig: rate_limit_per_5_minutes must be 10-2000000000")
+        if not 1 <= self.max_body_bytes <= LAMBDA_INVOKE_PAYLOAD_BYTES:
+            raise ValueError(f"WafConfig: max_body_bytes must be 1-{LAMBDA_INVOKE_PAYLOAD_BYTES}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class StageConfig:
@@ -80,6 +105,7 @@ class StageConfig:
         removal_policy: What ``cdk destroy`` does with the bucket and the log groups.
         log_level: ``POWERTOOLS_LOG_LEVEL`` of the function.
         termination_protection: CloudFormation refuses to delete the stack until it is lifted.
+        waf: A WAFv2 web ACL on the API stage, or ``None`` for none.
     """
 
     name: str
@@ -110,6 +136,7 @@ class StageConfig:
     removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
     log_level: str = "INFO"
     termination_protection: bool = False
+    waf: WafConfig | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -222,6 +249,8 @@ PROD = StageConfig(
     removal_policy=RemovalPolicy.RETAIN,
     log_level="INFO",
     termination_protection=True,
+    # One IP may use a key's whole usage-plan rate (50 rps x 300 s), and no more.
+    waf=WafConfig(rate_limit_per_5_minutes=15_000),
 )
 
 STAGES: dict[str, StageConfig] = {stage.name: stage for stage in (DEV, PROD)}

@@ -203,9 +203,9 @@ class GitHubOidcStack(Stack):
             [
                 NagPackSuppression(
                     id="AwsSolutions-IAM5",
-                    reason="lambda:GetAccountSettings, lambda:ListFunctions and servicequotas:GetServiceQuota/"
-                    "GetAWSDefaultServiceQuota (read-only, for make preflight) have no "
-                    "resource-level permissions; '*' is their only valid Resource",
+                    reason="lambda:GetAccountSettings, lambda:ListFunctions and servicequotas:"
+                    "GetServiceQuota/GetAWSDefaultServiceQuota (read-only, for make preflight) "
+                    "have no resource-level permissions; '*' is their only valid Resource",
                     applies_to=["Resource::*"],
                 ),
                 NagPackSuppression(

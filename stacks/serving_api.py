@@ -11,6 +11,10 @@ from aws_cdk import aws_logs as logs
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import Construct
 
+from stacks.config import WafConfig
+from stacks.firewall import ApiFirewall
+from stacks.gateway_responses import GATEWAY_RESPONSE_HEADERS, gateway_errors
+
 API_STAGE_NAME = "v1"
 # API Gateway base64-encodes these request bodies before they reach the function.
 BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -53,6 +57,7 @@ class ServingApi(Construct):
         iam_auth: bool,
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
+        waf: WafConfig | None = None,
     ) -> None:
         """
         Args:
@@ -63,6 +68,7 @@ class ServingApi(Construct):
             iam_auth: Require SigV4 (IAM) on every route in addition to the API key.
             log_retention: Access and execution log retention.
             removal_policy: Access and execution log groups' removal policy.
+            waf: A WAFv2 web ACL on the stage (stacks/firewall.py), or ``None``.
         """
         super().__init__(scope, construct_id)
         self.access_logs = logs.LogGroup(
@@ -138,22 +144,52 @@ class ServingApi(Construct):
             api_stages=[apigw.UsagePlanPerApiStage(api=self.api, stage=self.api.deployment_stage)],
         )
         self.usage_plan.add_api_key(self.api_key)
+        self._add_gateway_responses(iam_auth=iam_auth)
+
+        self.firewall = (
+            ApiFirewall(
+                self,
+                "Firewall",
+                stage=self.api.deployment_stage,
+                rate_limit_per_5_minutes=waf.rate_limit_per_5_minutes,
+                max_body_bytes=waf.max_body_bytes,
+                log_retention=log_retention,
+                removal_policy=removal_policy,
+            )
+            if waf is not None
+            else None
+        )
 
         self._suppress_findings(iam_auth=iam_auth)
 
+    def _add_gateway_responses(self, *, iam_auth: bool) -> None:
+        """API Gateway's own errors in the API's error shape (stacks/gateway_responses.py)."""
+        routes = ", ".join(
+            f"{method.http_method} {method.resource.path}"
+            for method in (self.predict_method, self.health_method)
+        )
+        for error in gateway_errors(routes=routes, iam_auth=iam_auth):
+            self.api.add_gateway_response(
+                error.construct_id,
+                type=apigw.ResponseType.of(error.response_type),
+                templates={"application/json": error.template},
+                response_headers=dict(GATEWAY_RESPONSE_HEADERS),
+            )
+
     def _suppress_findings(self, *, iam_auth: bool) -> None:
         """Each suppression on the one resource its rule flags."""
-        NagSuppressions.add_resource_suppressions(
-            self.api.deployment_stage,
-            [
-                NagPackSuppression(
-                    id="AwsSolutions-APIG3",
-                    reason="No WAF: every request needs an API key and is held to its usage "
-                    "plan's throttle and quota; attach a WebACL to the stage when the endpoint "
-                    "faces untrusted traffic at scale.",
-                )
-            ],
-        )
+        if self.firewall is None:
+            NagSuppressions.add_resource_suppressions(
+                self.api.deployment_stage,
+                [
+                    NagPackSuppression(
+                        id="AwsSolutions-APIG3",
+                        reason="No WAF on this stage: every request needs an API key and is "
+                        "held to its usage plan's throttle and quota; set waf in the stage "
+                        "config when the endpoint faces untrusted traffic at scale.",
+                    )
+                ],
+            )
         method_findings = [
             NagPackSuppression(
                 id="AwsSolutions-COG4",

@@ -82,6 +82,7 @@ class ServingStack(Stack):
             iam_auth=config.iam_auth,
             log_retention=config.log_retention,
             removal_policy=config.removal_policy,
+            waf=config.waf,
         )
         monitoring = ServingMonitoring(
             self,

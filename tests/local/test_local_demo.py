@@ -46,9 +46,9 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(fp32_model_dir, stack_t
     assert re.search(r"cold start, first request end to end\s+\d+ ms", out)
     assert re.search(r"warm, p50 of \d+ requests end to end\s+[\d.]+ ms", out)
     assert "top-1 identical to the single requests" in out
-    assert '403 {"message": "Forbidden"}' in out
+    assert '403 {"error":{"code":"invalid_api_key"' in out
     assert re.search(r'-> 400 \{"error":\{"code":"[a-z_]+"', out)
-    assert '403 {"message": "Missing Authentication Token"}' in out
+    assert '403 {"error":{"code":"route_not_found"' in out
     # The function's logs went to the log file (CloudWatch's stand-in), not the terminal.
     assert '"Model ready"' in function_log.read_text()
     assert '"Model ready"' not in out

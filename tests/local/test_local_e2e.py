@@ -95,7 +95,8 @@ def test_missing_or_wrong_api_key_is_403(served, key):
     with pytest.raises(ApiError) as info:
         Client(served.endpoint, key).classify(_photo("chelsea.png"))
     assert info.value.status == 403
-    assert info.value.body == {"message": "Forbidden"}
+    assert info.value.code == "invalid_api_key"
+    assert info.value.body["error"]["code"] == "invalid_api_key"
 
 
 def test_bytes_that_are_not_an_image_are_400(client):
@@ -125,7 +126,7 @@ def test_body_over_lambdas_payload_limit_is_413_from_the_gateway(client):
     with pytest.raises(ApiError) as info:
         client.classify(b"\xff\xd8\xff" + b"\0" * (7 * 1024 * 1024), content_type="image/jpeg")
     assert info.value.status == 413
-    assert info.value.body == {"message": "Request Too Long"}
+    assert info.value.code == "payload_too_large"  # REQUEST_TOO_LARGE, in the API's error shape
 
 
 def test_batch_over_the_limit_is_413(client):
@@ -154,7 +155,7 @@ def test_throttled_requests_get_429_and_the_client_retries_them(served, stack_te
             break
     assert 429 in statuses
     assert set(statuses) == {200, 429}
-    assert all(body == {"message": "Too Many Requests"} for body in throttled_bodies)
+    assert all(body["error"]["code"] == "throttled" for body in throttled_bodies)
     retried: list[str] = []
     patient = Client(
         served.endpoint,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +22,7 @@ from local_mode.gateway import (
     AccessRecord,
     FunctionRuntime,
     LocalGateway,
+    QuotaCounter,
     render_access_log,
     serve_gateway,
 )
@@ -37,6 +40,18 @@ def template(stack_template: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def spec(stack_template: Path) -> ApiSpec:
     return load_spec(stack_template)
+
+
+def gateway_body(template: dict[str, Any], response_type: str, message: str = "") -> Any:
+    """The body the stack's gateway response of this type words, read from the raw template."""
+    (props,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse"
+        and r["Properties"]["ResponseType"] == response_type
+    ]
+    text = props["ResponseTemplates"]["application/json"]
+    return json.loads(text.replace("$context.error.message", message))
 
 
 class Recorder:
@@ -247,29 +262,55 @@ def test_the_handlers_parser_accepts_the_emulated_event(gateway):
     ("method", "path"),
     [("GET", "labels"), ("GET", "predict"), ("DELETE", "health"), ("POST", "")],
 )
-def test_unknown_route_is_missing_authentication_token(gateway, method, path):
+def test_unknown_route_is_missing_authentication_token(gateway, template, method, path):
     url, recorder, _ = gateway
     resp = requests.request(method, url + path, headers={"x-api-key": KEY}, timeout=10)
     assert resp.status_code == 403
-    assert resp.json() == {"message": "Missing Authentication Token"}
+    assert resp.json() == gateway_body(template, "MISSING_AUTHENTICATION_TOKEN")
+    assert resp.json()["error"]["code"] == "route_not_found"
     assert resp.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
     assert recorder.events == []
 
 
-def test_path_without_the_stage_is_missing_authentication_token(gateway):
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "CONNECT", "BREW"])
+def test_a_method_no_route_declares_is_answered_like_an_unknown_route(gateway, template, method):
+    # http.server alone answers these with an HTML 501; API Gateway routes any method token.
+    url, recorder, _ = gateway
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request(method, parts.path + "health", headers={"x-api-key": KEY})
+    resp = conn.getresponse()
+    body, status, content_type = resp.read(), resp.status, resp.getheader("Content-Type")
+    conn.close()
+    assert (status, content_type) == (403, "application/json")
+    assert json.loads(body) == gateway_body(template, "MISSING_AUTHENTICATION_TOKEN")
+    assert recorder.events == []
+
+
+def test_head_on_a_get_route_is_an_unknown_route_without_a_body(gateway):
+    url, recorder, _ = gateway
+    resp = requests.head(url + "health", headers={"x-api-key": KEY}, timeout=10)
+    assert resp.status_code == 403
+    assert resp.content == b""
+    assert int(resp.headers["Content-Length"]) > 0
+    assert recorder.events == []
+
+
+def test_path_without_the_stage_is_missing_authentication_token(gateway, template):
     url, _, _ = gateway
     base = url.rsplit("/", 2)[0]
     resp = requests.get(base + "/health", headers={"x-api-key": KEY}, timeout=10)
     assert resp.status_code == 403
-    assert resp.json() == {"message": "Missing Authentication Token"}
+    assert resp.json() == gateway_body(template, "MISSING_AUTHENTICATION_TOKEN")
 
 
 @pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}, {"x-api-key": ""}])
-def test_missing_or_wrong_api_key_is_forbidden(gateway, headers):
+def test_missing_or_wrong_api_key_is_forbidden(gateway, template, headers):
     url, recorder, _ = gateway
     resp = requests.get(url + "health", headers=headers, timeout=10)
     assert resp.status_code == 403
-    assert resp.json() == {"message": "Forbidden"}
+    assert resp.json() == gateway_body(template, "INVALID_API_KEY")
+    assert resp.json()["error"]["code"] == "invalid_api_key"
     assert recorder.events == []
 
 
@@ -278,7 +319,7 @@ def test_api_key_header_name_is_case_insensitive(gateway):
     assert requests.get(url + "health", headers={"X-API-Key": KEY}, timeout=10).status_code == 200
 
 
-def test_required_content_type_is_validated_before_the_function(gateway, spec):
+def test_required_content_type_is_validated_before_the_function(gateway, spec, template):
     url, recorder, _ = gateway
     predict = spec.route("POST", "/predict")
     assert predict is not None
@@ -286,11 +327,20 @@ def test_required_content_type_is_validated_before_the_function(gateway, spec):
     # requests adds no Content-Type for a bytes body.
     resp = requests.post(url + "predict", data=b"abc", headers={"x-api-key": KEY}, timeout=10)
     assert resp.status_code == 400
-    assert resp.json() == {"message": "Missing required request parameters: [Content-Type]"}
+    assert resp.json() == {
+        "error": {
+            "code": "missing_parameter",
+            "message": "Missing required request parameters: [Content-Type]",
+        }
+    }
+    assert resp.json() == gateway_body(
+        template, "BAD_REQUEST_PARAMETERS", "Missing required request parameters: [Content-Type]"
+    )
     assert recorder.events == []
 
 
-def test_body_over_10_mb_is_refused_by_the_gateway(gateway):
+def test_body_over_10_mb_is_refused_by_api_gateways_front_end_in_plain_text(gateway):
+    # Before any gateway response applies, as observed on AWS (local_mode/gateway.py cites it).
     url, recorder, _ = gateway
     resp = requests.post(
         url + "predict",
@@ -299,11 +349,13 @@ def test_body_over_10_mb_is_refused_by_the_gateway(gateway):
         timeout=30,
     )
     assert resp.status_code == 413
-    assert resp.json() == {"message": "Request Too Long"}
+    assert resp.headers["Content-Type"] == "text; charset=utf-8"
+    assert resp.text == "HTTP content length exceeded 10485760 bytes."
+    assert "x-amzn-RequestId" not in resp.headers
     assert recorder.events == []
 
 
-def test_event_over_lambdas_6_mb_invoke_limit_is_refused(gateway):
+def test_event_over_lambdas_6_mb_invoke_limit_is_refused(gateway, template):
     url, recorder, _ = gateway
     # 5 MB of image bytes becomes ~6.7 MB of base64 in the event.
     resp = requests.post(
@@ -313,6 +365,8 @@ def test_event_over_lambdas_6_mb_invoke_limit_is_refused(gateway):
         timeout=30,
     )
     assert resp.status_code == 413
+    assert resp.json() == gateway_body(template, "REQUEST_TOO_LARGE")
+    assert resp.json()["error"]["code"] == "payload_too_large"
     assert recorder.events == []
 
 
@@ -320,7 +374,7 @@ def _serve_with(spec: ApiSpec, recorder: Recorder, **kwargs: Any):
     return serve_gateway(LocalGateway(spec, recorder, KEY, **kwargs))  # type: ignore[arg-type]
 
 
-def test_function_exception_is_a_502_internal_server_error(spec):
+def test_function_exception_is_a_502_internal_server_error(spec, template):
     recorder = Recorder(error=RuntimeError("boom"))
     errors: list[str] = []
     with _serve_with(
@@ -328,7 +382,8 @@ def test_function_exception_is_a_502_internal_server_error(spec):
     ) as running:
         resp = requests.get(running.endpoint + "health", headers={"x-api-key": KEY}, timeout=10)
     assert resp.status_code == 502
-    assert resp.json() == {"message": "Internal server error"}
+    assert resp.json() == gateway_body(template, "INTEGRATION_FAILURE")
+    assert resp.json()["error"]["code"] == "function_error"
     assert errors == ["boom"]
 
 
@@ -342,11 +397,11 @@ def test_function_exception_is_a_502_internal_server_error(spec):
         "just a string",
     ],
 )
-def test_malformed_proxy_response_is_a_502(spec, response):
+def test_malformed_proxy_response_is_a_502(spec, template, response):
     with _serve_with(spec, Recorder(response=response), throttle=False) as running:
         resp = requests.get(running.endpoint + "health", headers={"x-api-key": KEY}, timeout=10)
     assert resp.status_code == 502
-    assert resp.json() == {"message": "Internal server error"}
+    assert resp.json() == gateway_body(template, "INTEGRATION_FAILURE")
 
 
 def test_base64_response_is_decoded_only_for_a_binary_accept(spec):
@@ -364,7 +419,7 @@ def test_base64_response_is_decoded_only_for_a_binary_accept(spec):
     assert text.content == response["body"].encode()
 
 
-def test_usage_plan_rate_is_enforced_with_429(spec):
+def test_usage_plan_rate_is_enforced_with_429(spec, template):
     recorder = Recorder()
     slow = replace(spec, throttle_rate_rps=0.5, throttle_burst=3)
     with _serve_with(slow, recorder, throttle=True) as running:
@@ -374,8 +429,136 @@ def test_usage_plan_rate_is_enforced_with_429(spec):
         ]
     assert [c.status_code for c in codes[:3]] == [200, 200, 200]
     assert all(c.status_code == 429 for c in codes[3:])
-    assert codes[-1].json() == {"message": "Too Many Requests"}
+    assert codes[-1].json() == gateway_body(template, "THROTTLED")
     assert len(recorder.events) == 3
+
+
+def test_usage_plan_quota_is_enforced_with_429_quota_exceeded(spec, template):
+    recorder = Recorder()
+    small = replace(spec, throttle_rate_rps=None, quota=(2, "DAY"))
+    with _serve_with(small, recorder, throttle=True) as running:
+        codes = [
+            requests.get(running.endpoint + "health", headers={"x-api-key": KEY}, timeout=10)
+            for _ in range(3)
+        ]
+    assert [c.status_code for c in codes] == [200, 200, 429]
+    assert codes[-1].json() == gateway_body(template, "QUOTA_EXCEEDED")
+    assert codes[-1].json()["error"]["code"] == "quota_exceeded"
+    assert len(recorder.events) == 2
+
+
+def test_quota_counts_per_calendar_period():
+    now = [float(calendar.timegm((2026, 3, 9, 23, 59, 0)))]  # a Monday, 23:59 UTC
+    daily = QuotaCounter(1, "DAY", clock=lambda: now[0])
+    weekly = QuotaCounter(1, "WEEK", clock=lambda: now[0])
+    assert [daily.take(), weekly.take()] == [True, True]
+    assert [daily.take(), weekly.take()] == [False, False]
+    now[0] += 120  # Tuesday: a new day, the same ISO week
+    assert daily.take()
+    assert not weekly.take()
+
+
+def test_a_function_slower_than_the_integration_timeout_is_a_504(spec, template, monkeypatch):
+    import local_mode.gateway as gateway_module
+
+    class Slow(Recorder):
+        def invoke(self, event: dict[str, Any], request_id: str) -> Any:
+            time.sleep(0.2)
+            return super().invoke(event, request_id)
+
+    monkeypatch.setattr(gateway_module, "INTEGRATION_TIMEOUT_S", 0.05)
+    with _serve_with(spec, Slow(), throttle=False) as running:
+        resp = requests.get(running.endpoint + "health", headers={"x-api-key": KEY}, timeout=10)
+    assert resp.status_code == 504
+    assert resp.json() == gateway_body(template, "INTEGRATION_TIMEOUT")
+    assert resp.json()["error"]["code"] == "integration_timeout"
+
+
+def test_gateway_errors_carry_the_gateway_responses_headers(gateway, template):
+    url, _, _ = gateway
+    (props,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse"
+        and r["Properties"]["ResponseType"] == "INVALID_API_KEY"
+    ]
+    static = {
+        name.removeprefix("gatewayresponse.header."): value.strip("'")
+        for name, value in props["ResponseParameters"].items()
+    }
+    assert static == {"Cache-Control": "no-store"}
+    resp = requests.get(url + "health", headers={"x-api-key": "wrong"}, timeout=10)
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.headers["x-amzn-ErrorType"] == "ForbiddenException"
+    assert resp.headers["x-amzn-RequestId"]
+
+
+def _without_gateway_responses(template: dict[str, Any]) -> dict[str, Any]:
+    changed = json.loads(json.dumps(template))
+    resources = changed["Resources"]
+    for logical in [
+        k for k, r in resources.items() if r["Type"] == "AWS::ApiGateway::GatewayResponse"
+    ]:
+        del resources[logical]
+    return changed
+
+
+def test_a_template_without_gateway_responses_gets_api_gateways_defaults(template):
+    bare = parse_template(_without_gateway_responses(template), stack="Bare")
+    assert bare.gateway_responses == {}
+    with _serve_with(bare, Recorder(), throttle=False) as running:
+        resp = requests.get(running.endpoint + "health", headers={"x-api-key": "x"}, timeout=10)
+        unknown = requests.get(running.endpoint + "nope", headers={"x-api-key": KEY}, timeout=10)
+    assert (resp.status_code, resp.json()) == (403, {"message": "Forbidden"})
+    assert (unknown.status_code, unknown.json()) == (
+        403,
+        {"message": "Missing Authentication Token"},
+    )
+
+
+def test_default_4xx_words_a_type_the_template_does_not_customize(template):
+    changed = json.loads(json.dumps(template))
+    for logical, r in list(changed["Resources"].items()):
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse":
+            if r["Properties"]["ResponseType"] == "INVALID_API_KEY":
+                del changed["Resources"][logical]
+            elif r["Properties"]["ResponseType"] == "DEFAULT_4XX":
+                r["Properties"]["StatusCode"] = "418"
+    spec = parse_template(changed, stack="Changed")
+    with _serve_with(spec, Recorder(), throttle=False) as running:
+        resp = requests.get(running.endpoint + "health", headers={"x-api-key": "x"}, timeout=10)
+        unknown = requests.get(running.endpoint + "nope", headers={"x-api-key": KEY}, timeout=10)
+    # DEFAULT_4XX's body, and its status for every 4xx type that sets none (AWS documents both).
+    assert (resp.status_code, resp.json()) == (418, gateway_body(template, "DEFAULT_4XX"))
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (418, "route_not_found")
+
+
+@pytest.mark.parametrize(
+    ("template_text", "problem"),
+    [
+        ('{"id": "$context.identity.sourceIp"}', r"\$context.identity.sourceIp"),
+        ('{"s": "$stageVariables.name"}', r"\$stageVariables"),
+    ],
+)
+def test_a_gateway_response_local_mode_cannot_render_stops_it(template, template_text, problem):
+    changed = json.loads(json.dumps(template))
+    for r in changed["Resources"].values():
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse":
+            r["Properties"]["ResponseTemplates"]["application/json"] = template_text
+    with pytest.raises(TemplateError, match=problem):
+        parse_template(changed, stack="Changed")
+
+
+def test_a_dynamic_gateway_response_header_stops_local_mode(template):
+    changed = json.loads(json.dumps(template))
+    for r in changed["Resources"].values():
+        if r["Type"] == "AWS::ApiGateway::GatewayResponse":
+            r["Properties"]["ResponseParameters"] = {
+                "gatewayresponse.header.X-Origin": "method.request.header.Origin"
+            }
+    with pytest.raises(TemplateError, match="only static headers"):
+        parse_template(changed, stack="Changed")
 
 
 def test_failed_init_is_a_502_and_the_next_request_retries_it(spec, tmp_path):
