@@ -19,7 +19,7 @@ IMAGE_CODES = frozenset(SPEC["components"]["schemas"]["ImageErrorCode"]["enum"])
 
 @schemathesis.check
 def valid_requests_are_refused_only_for_image_content(ctx: Any, response: Any, case: Any) -> None:
-    """A schema-valid request may get 400/413/415/422 for its image bytes, never for anything else."""
+    """A schema-valid request may be refused (400/413/415/422) only for its image bytes."""
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
         return None
