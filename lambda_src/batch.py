@@ -337,7 +337,8 @@ class Worker:
             key = item_key(item)
             size = item_size(item)
             if key is None:
-                lines[index] = _error(None, "invalid_item", f"Item has no object key: {item!r}"[:300])
+                detail = f"Item has no object key: {item!r}"[:300]
+                lines[index] = _error(None, "invalid_item", detail)
             elif key.endswith("/") and not size:
                 lines[index] = _error(key, "empty_object", "A folder marker, not an image.")
             elif size == 0:
