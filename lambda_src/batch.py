@@ -119,7 +119,7 @@ _ITEM_S3_CODES = {
 }
 
 
-def default_s3_client() -> Any:
+def default_s3_client(max_attempts: int | None = None) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -129,7 +129,7 @@ def default_s3_client() -> Any:
         config=BotoConfig(
             connect_timeout=5,
             read_timeout=30,
-            retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            retries={"max_attempts": max_attempts or S3_MAX_ATTEMPTS, "mode": "standard"},
             # One connection per fetch thread, plus the output write.
             max_pool_connections=FETCH_THREADS + 2,
         ),
