@@ -73,8 +73,8 @@ class StageConfig:
             input/output buckets; docs/batch.md).
         batch_memory_mb: Batch function memory in MB (3538 MB = 2 vCPUs: one runs ONNX
             Runtime while the other reads and decodes the next images; docs/batch.md).
-        batch_timeout_seconds: Batch function timeout in seconds, for one batch; below the
-            5-minute limit of the EXPRESS child workflow that invokes it.
+        batch_timeout_seconds: Batch function timeout in seconds, for one batch, 1-90: three
+            attempts fit the 5-minute limit of the EXPRESS child workflow that invokes it.
         batch_reserved_concurrency: Reserved concurrent executions of the batch function, in
             environments: its own pool, so a run never starves the real-time alias.
         batch_max_concurrency: Batches (child workflows) in flight, at most
@@ -165,9 +165,10 @@ class StageConfig:
         problems = []
         if not 128 <= self.batch_memory_mb <= 10240:
             problems.append("batch_memory_mb must be 128-10240")
-        # EXPRESS child workflows end after 5 minutes; leave room for one retry.
-        if not 1 <= self.batch_timeout_seconds <= 120:
-            problems.append("batch_timeout_seconds must be 1-120")
+        # EXPRESS child workflows end after 5 minutes: three attempts (the worker's retry,
+        # stacks/batch.py) must fit.
+        if not 1 <= self.batch_timeout_seconds <= 90:
+            problems.append("batch_timeout_seconds must be 1-90")
         if not 1 <= self.batch_max_concurrency <= self.batch_reserved_concurrency:
             problems.append("need 1 <= batch_max_concurrency <= batch_reserved_concurrency")
         if not 1 <= self.batch_items_per_batch <= 200:

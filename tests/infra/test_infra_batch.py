@@ -467,7 +467,7 @@ def test_outputs_tell_the_client_where_to_start_and_read(raw: dict[str, Any]) ->
     [
         ({"batch_max_concurrency": 11, "batch_reserved_concurrency": 10}, "batch_max_concurrency"),
         ({"batch_items_per_batch": 500}, "256 KiB"),
-        ({"batch_timeout_seconds": 300}, "batch_timeout_seconds"),
+        ({"batch_timeout_seconds": 91}, "batch_timeout_seconds must be 1-90"),
         ({"batch_input_prefix": "photos"}, "end with '/'"),
         ({"batch_tolerated_failure_percentage": 101}, "0-100"),
     ],
