@@ -201,7 +201,13 @@ def table(res: dict[str, Any]) -> str:
     )
 
 
-def start_workers(model_dir: Path, threads: int, endpoint: str, cases: dict[str, Any]) -> Any:
+def start_workers(
+    model_dir: Path,
+    threads: int,
+    endpoint: str,
+    cases: dict[str, Any],
+    env: dict[str, str] | None = None,
+) -> Any:
     from bench.run import Worker
 
     handler = Worker(
@@ -209,7 +215,13 @@ def start_workers(model_dir: Path, threads: int, endpoint: str, cases: dict[str,
     )
     batch = Worker(
         "batch_fp32",
-        {"kind": "batch", "model_dir": str(model_dir), "threads": threads, "s3_endpoint": endpoint},
+        {
+            "kind": "batch",
+            "model_dir": str(model_dir),
+            "threads": threads,
+            "s3_endpoint": endpoint,
+            "env": env or {},
+        },
     )
     handler.ready()
     batch.ready()
@@ -225,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fp32-dir", type=Path, help="FP32 artifact dir (default: export one)")
     parser.add_argument("--threads", type=int, help="vCPUs for both paths (default: all CPUs)")
+    parser.add_argument(
+        "--inference-threads",
+        type=int,
+        help="ONNX Runtime threads of the batch worker (BATCH_INFERENCE_THREADS; default: vCPUs)",
+    )
     parser.add_argument("--quick", action="store_true", help="few iterations (tests)")
     parser.add_argument("--build", type=Path, default=BUILD)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -246,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         cases = {c: (str(images[c]), CASES[c][0]) for c in CASES}
         load_start = round(os.getloadavg()[0], 2)
         with s3_with_images(images[IMAGE_CASE], cfg["items"]) as server:
-            handler, batch = start_workers(model_dir, threads, server["endpoint"], cases)
+            env = (
+                {"BATCH_INFERENCE_THREADS": str(args.inference_threads)}
+                if args.inference_threads
+                else {}
+            )
+            handler, batch = start_workers(model_dir, threads, server["endpoint"], cases, env)
             try:
                 res = batch_phase(handler, batch, server, images[IMAGE_CASE], threads, cfg, log)
             finally:
