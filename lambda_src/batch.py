@@ -33,6 +33,7 @@ import hashlib  # noqa: E402 - the timer above must start before the heavy impor
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import threading  # noqa: E402
 import warnings  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
@@ -62,6 +63,10 @@ SUB_BATCH = int(os.environ.get("BATCH_SUB_BATCH") or 8)
 # Concurrent S3 reads + decodes: enough to hide S3's first-byte latency (tens of ms) behind one
 # sub-batch's inference without holding more than a few sub-batches of pixels in memory.
 FETCH_THREADS = int(os.environ.get("BATCH_FETCH_THREADS") or 8)
+# Images decoded at the same time. Reads wait on the network and may all be in flight, but a
+# decode is pure CPU: more of them than spare vCPUs only preempts ONNX Runtime's threads, whose
+# parallel sections then wait for the slowest one.
+DECODE_SLOTS = int(os.environ.get("BATCH_DECODE_SLOTS") or 0)  # 0: vCPUs - 1, at least 1
 # Sub-batches being read/decoded ahead of the one in inference.
 PREFETCH_SUB_BATCHES = 2
 # boto3 "standard" retries (exponential backoff with jitter) for 5xx, throttling and network
@@ -275,15 +280,18 @@ class Worker:
         fetch_threads: int = FETCH_THREADS,
         sub_batch: int = SUB_BATCH,
         max_object_bytes: int = MAX_OBJECT_BYTES,
+        decode_slots: int = DECODE_SLOTS,
         trace: Callable[[str], Any] | None = None,
     ) -> None:
-        if fetch_threads < 1 or sub_batch < 1:
-            raise ValueError("fetch_threads and sub_batch must be >= 1")
+        if fetch_threads < 1 or sub_batch < 1 or decode_slots < 0:
+            raise ValueError("fetch_threads and sub_batch must be >= 1, decode_slots >= 0")
         self.model = model
         self.s3 = s3
         self.fetch_threads = fetch_threads
         self.sub_batch = sub_batch
         self.max_object_bytes = max_object_bytes
+        self.decode_slots = decode_slots or max(1, model_store.lambda_vcpus() - 1)
+        self._decoding = threading.BoundedSemaphore(self.decode_slots)
         self.trace = trace
 
     # -- one item, on a pool thread
@@ -318,7 +326,8 @@ class Worker:
         if not data:
             return _Loaded(index, key, _error(key, "empty_object", "The object has no bytes."))
         try:
-            preprocess.preprocess(data, self.model.preprocessing, out=row)
+            with self._decoding:
+                preprocess.preprocess(data, self.model.preprocessing, out=row)
         except ApiError as exc:  # the endpoint's own verdicts: not_an_image, corrupt_image, ...
             return _Loaded(index, key, _error(key, exc.code, exc.message))
         except Exception as exc:  # a decoder fault on these bytes: retrying would repeat it

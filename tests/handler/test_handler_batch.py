@@ -425,3 +425,39 @@ def test_unloadable_model_fails_the_batch_as_retryable(
     assert runtime.try_load() is False
     with pytest.raises(batch_module.BatchRetryableError, match="model not available"):
         batch_module.process(runtime, batch_event([], "r"))
+
+
+def test_decodes_are_bounded_while_reads_run_concurrently(
+    batch_module, worker_with: Callable[..., Any], s3: Any, prefix: str, monkeypatch
+) -> None:
+    import threading
+    import time
+
+    upload(s3, prefix, photo_objects(8))
+    items = listed_items(s3, prefix)
+    real = batch_module.preprocess.preprocess
+    lock = threading.Lock()
+    state = {"active": 0, "peak": 0}
+
+    def tracked(data: bytes, spec: Any, out: Any) -> Any:
+        with lock:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+        time.sleep(0.02)  # long enough for the other readers to arrive
+        try:
+            return real(data, spec, out=out)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    monkeypatch.setattr(batch_module.preprocess, "preprocess", tracked)
+    peaks = {}
+    for slots in (1, 3):
+        state["peak"] = 0
+        summary = worker_with(fetch_threads=4, decode_slots=slots).run(
+            batch_event(items, f"{prefix}-{slots}")
+        )
+        assert summary["predicted"] == 8
+        peaks[slots] = state["peak"]
+    assert peaks[1] == 1
+    assert 1 < peaks[3] <= 3
