@@ -360,7 +360,10 @@ class Worker:
                 todo.append((index, key))
 
         model = self.model
-        top_k = api.resolve_top_k(batch.top_k, model.num_classes) if todo else 0
+        try:
+            top_k = api.resolve_top_k(batch.top_k, model.num_classes)
+        except ApiError as exc:
+            raise BatchInputError(f"BatchInput.top_k: {exc.message}") from exc
         model_info = {"name": model.name, "sha256": model.sha256}
         spec = model.preprocessing
         chunks = [todo[i : i + self.sub_batch] for i in range(0, len(todo), self.sub_batch)]

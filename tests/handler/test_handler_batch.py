@@ -413,6 +413,19 @@ def test_an_event_that_is_no_map_batch_is_refused(batch_module, event: Any, reas
         batch_module.process(batch_module.RUNTIME, event)
 
 
+def test_top_k_is_honoured_and_an_impossible_one_refused(
+    batch_module, worker_with: Callable[..., Any], s3: Any, prefix: str
+) -> None:
+    upload(s3, prefix, photo_objects(1))
+    items = listed_items(s3, prefix)
+    worker = worker_with()
+    worker.run(batch_event(items, prefix, top_k=3))
+    (lines,) = outputs(s3, prefix).values()
+    assert len(lines[0]["predictions"]) == 3
+    with pytest.raises(batch_module.BatchInputError, match="top_k"):
+        worker.run(batch_event(items, f"{prefix}-x", top_k=1001))
+
+
 def test_unloadable_model_fails_the_batch_as_retryable(
     batch_module, fp32_model_dir: Path, tmp_path: Path
 ) -> None:
