@@ -25,7 +25,7 @@ NO_MODEL := -c without_model=true
 
 REQS := requirements.txt requirements-dev.txt lambda_src/requirements.txt model_export/requirements.txt
 
-.PHONY: help install demo serve test lint format model synth templates image-check bench cost events bootstrap preflight deploy diff destroy clean
+.PHONY: help install demo serve test lint format model synth templates image-check bench cost events bootstrap preflight deploy diff destroy clean batch-demo batch
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,13 @@ demo: install ## Run the local end-to-end demo (no AWS account needed)
 
 serve: install ## Keep the local endpoint up (Ctrl-C to stop)
 	$(PY) -m local_mode.serve
+
+batch-demo: install ## Run a batch prediction (Distributed Map) locally over an S3 server (no AWS)
+	$(PY) -m local_mode.batch_demo
+
+batch: install ## Classify every image under URI=s3://<input bucket>/<prefix>/ on STAGE's state machine
+	@test -n "$(URI)" || { echo "usage: make batch URI=s3://<input bucket>/<prefix>/ [STAGE=dev]"; exit 2; }
+	$(PY) -m classifier_client batch $(URI) --stage $(STAGE)
 
 test: install ## Run every test
 	$(VENV)/bin/pytest

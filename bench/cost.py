@@ -12,6 +12,15 @@ Formula (AWS Lambda pricing page; every price is a parameter):
 N_pc, the requests provisioned environments serve, assumes traffic spread evenly over the month:
 N x pc_hours / 730 x min(1, capacity / load); the rest spills over to on-demand prices.
 Duration defaults to the mean whole-path latency of the latest benchmark run.
+
+Then one million images through batch predictions vs through the endpoint (``batch_vs_endpoint``):
+
+  batch    = Lambda requests (one per batch) + GB-s (images / measured images/s) + INIT of each
+             environment + Step Functions (parent state transitions, EXPRESS child requests and
+             GB-s) + S3 (GET per image, LIST per 1,000 keys, PUT per batch and ResultWriter file)
+  endpoint = the on-demand column above for the same images: Lambda requests and GB-s (measured
+             per-image latency) + API Gateway REST requests
+Both rates come from one ``python -m bench.batch`` run (bench/results/batch-*.json).
 """
 
 from __future__ import annotations
@@ -48,6 +57,24 @@ PRICES: dict[str, dict[str, float]] = {
     },
 }
 APIGW_REST_PER_REQUEST = 3.50 / 1_000_000
+
+# Transcribed from https://aws.amazon.com/step-functions/pricing/ and https://aws.amazon.com/s3/pricing/
+# (us-east-1, S3 Standard, first tiers, no free tier), checked 2026-12 against stored copies of
+# those pages: Standard workflows $0.025 per 1,000 state transitions; Express workflows $1.00 per
+# million requests and $0.00001667 per GB-second, billed in 100 ms and 64 MB increments; S3
+# PUT/COPY/POST/LIST $0.005 and GET $0.0004 per 1,000 requests.
+BATCH_PRICES_TAKEN = "2026-12 (us-east-1, AWS public pricing pages; re-check before use)"
+SFN_STANDARD_TRANSITION = 0.025 / 1000
+SFN_EXPRESS_REQUEST = 1.00 / 1_000_000
+SFN_EXPRESS_GB_S = 0.00001667
+EXPRESS_MEMORY_GB = 64 / 1024  # a child holding one batch of keys stays in the first 64 MB chunk
+S3_GET = 0.0004 / 1000
+S3_PUT_LIST = 0.005 / 1000
+LIST_PAGE_KEYS = 1000  # ListObjectsV2 returns at most 1,000 keys per request
+# Parent workflow: Choice, Map entered/exited, Succeed. Modelled, not published: each child
+# workflow the Map Run starts is counted as one more parent transition (conservative).
+PARENT_TRANSITIONS = 4
+RESULT_WRITER_FILES = 3  # manifest.json + SUCCEEDED_0.json (+ FAILED_0.json)
 
 
 @dataclass(frozen=True)
@@ -173,6 +200,116 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class BatchInputs:
+    images: float
+    images_per_s: float  # one batch function environment, measured (bench.batch)
+    memory_mb: int
+    items_per_batch: int
+    architecture: str = "x86_64"
+    environments: int = 10  # cold starts: one per concurrent environment (max concurrency)
+    init_ms: float = 0.0
+    # Per child: invoking the function and recording its result, on top of its duration.
+    child_overhead_ms: float = 100.0
+
+
+def batch_cost(i: BatchInputs) -> dict[str, Any]:
+    """Line items in USD for ``i.images`` images through the Distributed Map."""
+    if i.architecture not in PRICES:
+        raise ValueError(f"architecture must be one of {sorted(PRICES)}")
+    if i.images < 0 or i.images_per_s <= 0 or not 128 <= i.memory_mb <= 10240:
+        raise ValueError("images >= 0, images_per_s > 0 and 128 <= memory_mb <= 10240 please")
+    if not 1 <= i.items_per_batch <= 200 or i.environments < 0:
+        raise ValueError("1 <= items_per_batch <= 200 and environments >= 0 please")
+    price = PRICES[i.architecture]
+    gb = i.memory_mb / 1024
+    batches = math.ceil(i.images / i.items_per_batch)
+    batch_s = i.items_per_batch / i.images_per_s
+    billed_batch_s = math.ceil(batch_s * 1000) / 1000
+    child_s = math.ceil((batch_s + i.child_overhead_ms / 1000) * 10) / 10  # 100 ms increments
+    items = {
+        "lambda_requests": batches * price["request"],
+        "lambda_compute": batches * billed_batch_s * gb * price["duration_gb_s"],
+        "lambda_init": i.environments * i.init_ms / 1000 * gb * price["duration_gb_s"],
+        "sfn_state_transitions": (PARENT_TRANSITIONS + batches) * SFN_STANDARD_TRANSITION,
+        "sfn_express_requests": batches * SFN_EXPRESS_REQUEST,
+        "sfn_express_duration": batches * child_s * EXPRESS_MEMORY_GB * SFN_EXPRESS_GB_S,
+        "s3_get": i.images * S3_GET,
+        "s3_list": math.ceil(i.images / LIST_PAGE_KEYS) * S3_PUT_LIST,
+        "s3_put": (batches + RESULT_WRITER_FILES) * S3_PUT_LIST,
+    }
+    total = sum(items.values())
+    return {"batches": batches, "batch_seconds": round(batch_s, 3), **items, "total": total}
+
+
+def batch_vs_endpoint(
+    batch: BatchInputs, *, endpoint_ms: float, endpoint_memory_mb: int, cold_start_rate: float
+) -> dict[str, Any]:
+    endpoint = monthly_cost(
+        Inputs(
+            requests=batch.images,
+            duration_ms=endpoint_ms,
+            memory_mb=endpoint_memory_mb,
+            architecture=batch.architecture,
+            cold_start_rate=cold_start_rate,
+            init_ms=batch.init_ms,
+        )
+    )["on_demand"]
+    result = batch_cost(batch)
+    return {
+        "inputs": batch.__dict__
+        | {"endpoint_ms": endpoint_ms, "endpoint_memory_mb": endpoint_memory_mb},
+        "prices_taken": {"lambda_apigw": PRICES_TAKEN, "step_functions_s3": BATCH_PRICES_TAKEN},
+        "batch": result,
+        "endpoint": endpoint,
+        "endpoint_over_batch": endpoint["total"] / result["total"] if result["total"] else None,
+    }
+
+
+def render_batch(result: dict[str, Any], source: str) -> str:
+    i, b, e = result["inputs"], result["batch"], result["endpoint"]
+    lines = [
+        f"{i['images']:,.0f} images: batch predictions vs the endpoint ({source})",
+        f"batch: {i['images_per_s']:.1f} images/s per environment at {i['memory_mb']} MB, "
+        f"{i['items_per_batch']} per batch ({b['batches']:,} batches of {b['batch_seconds']:.1f} s)"
+        f"; endpoint: {i['endpoint_ms']:.1f} ms per image at {i['endpoint_memory_mb']} MB",
+        f"prices: Lambda/API Gateway {PRICES_TAKEN}; Step Functions/S3 {BATCH_PRICES_TAKEN}",
+        "",
+        f"| {'item':<40} | {'batch':>10} | {'endpoint':>10} |",
+        f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|",
+    ]
+    rows = [
+        ("Lambda requests", b["lambda_requests"], e["requests"]),
+        ("Lambda compute (GB-s)", b["lambda_compute"], e["compute"]),
+        ("Lambda INIT (GB-s)", b["lambda_init"], e["cold_init"]),
+        ("Step Functions state transitions", b["sfn_state_transitions"], None),
+        ("Step Functions EXPRESS requests", b["sfn_express_requests"], None),
+        ("Step Functions EXPRESS duration (GB-s)", b["sfn_express_duration"], None),
+        ("S3 GET (one per image)", b["s3_get"], None),
+        ("S3 LIST + PUT (listing, results)", b["s3_list"] + b["s3_put"], None),
+        ("API Gateway REST requests", None, e["api_gateway"]),
+        ("TOTAL (USD)", b["total"], e["total"]),
+    ]
+    for title, batch_usd, endpoint_usd in rows:
+        bt = f"{batch_usd:.2f}" if batch_usd is not None else "-"
+        et = f"{endpoint_usd:.2f}" if endpoint_usd is not None else "-"
+        lines.append(f"| {title:<40} | {bt:>10} | {et:>10} |")
+    if result["endpoint_over_batch"]:
+        lines += ["", f"the endpoint costs {result['endpoint_over_batch']:.1f}x the batch run"]
+    return "\n".join(lines)
+
+
+def latest_batch_results(results_dir: Path = RESULTS) -> tuple[Path, dict[str, Any]] | None:
+    """The newest full ``python -m bench.batch`` run (quick runs are smoke tests, not data)."""
+    for path in sorted(results_dir.glob("batch-*.json"), reverse=True):
+        if "quick" in path.name:
+            continue
+        data = latest_results(path)
+        if data is not None:
+            return path, data
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.cost",
@@ -214,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("request", "duration", "pc", "pc-duration"):
         parser.add_argument(f"--{name}-price", type=float, help=f"override the {name} price (USD)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b = parser.add_argument_group("batch vs endpoint (from the newest bench/results/batch-*.json)")
+    b.add_argument("--images", type=float, default=1_000_000, help="images to price")
+    b.add_argument("--batch-results", type=Path, help="a `python -m bench.batch` result file")
+    b.add_argument("--batch-images-per-s", type=float, help="override the measured rate")
+    b.add_argument("--items-per-batch", type=int, default=100, help="ItemBatcher batch size")
+    b.add_argument("--batch-environments", type=int, default=10, help="concurrent environments")
+    b.add_argument("--no-batch", action="store_true", help="skip the batch comparison")
     args = parser.parse_args(argv)
 
     bench = latest_results(args.results)
@@ -267,6 +411,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else render(result))
+    if args.no_batch:
+        return 0
+    return _print_batch(args, init)
+
+
+def _print_batch(args: argparse.Namespace, init_ms: float) -> int:
+    found = (
+        (args.batch_results, latest_results(args.batch_results))
+        if args.batch_results
+        else latest_batch_results()
+    )
+    if found is None or found[1] is None:
+        print(
+            "\n(no batch benchmark results: run `python -m bench.batch` or `make bench` for the "
+            "batch vs endpoint comparison)"
+        )
+        return 0
+    path, bench = found
+    assert bench is not None
+    rate = args.batch_images_per_s or bench["s3"]["images_per_s"]
+    try:
+        result = batch_vs_endpoint(
+            BatchInputs(
+                images=args.images,
+                images_per_s=rate,
+                memory_mb=int(bench["memory_mb"]),
+                items_per_batch=args.items_per_batch,
+                architecture=args.architecture,
+                environments=args.batch_environments,
+                init_ms=init_ms,
+            ),
+            # The same run's real-time handler: one image per request, same vCPUs.
+            endpoint_ms=1000.0 / bench["realtime"]["images_per_s"],
+            endpoint_memory_mb=int(bench["memory_mb"]),
+            cold_start_rate=args.cold_start_rate,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    source = f"rates from {path.name}: batch over the local S3 server, real-time handler, same run"
+    print("\n" + (json.dumps(result, indent=2) if args.json else render_batch(result, source)))
     return 0
 
 

@@ -620,6 +620,10 @@ def tables(res: dict[str, Any]) -> str:
         f"mean {fid['logit_cosine_mean']:.4f} (min {fid['logit_cosine_min']:.4f}); weights "
         f"{res['models']['fp32']['weights_source']} (trained: {res['models']['fp32']['trained']})."
     )
+    if res.get("batch"):
+        from bench.batch import table as batch_table
+
+        out.append(batch_table(res["batch"]))
     rows = [
         [t["status"], t["target"], f"{t['measured']:.3f}", f"{t['op']} {t['threshold']}"]
         for t in res["targets"]
@@ -747,6 +751,36 @@ def model_info(directory: Path) -> dict[str, Any]:
     }
 
 
+def run_batch_phase(
+    handler: Worker,
+    fp32_dir: Path,
+    images: dict[str, Path],
+    threads: int,
+    args: argparse.Namespace,
+    log: Any,
+) -> dict[str, Any]:
+    """bench/batch.py's comparison, with the warm handler worker this run already has."""
+    from bench import batch
+
+    cfg = batch.settings(args.quick)
+    image = images[batch.IMAGE_CASE]
+    with batch.s3_with_images(image, cfg["items"]) as server:
+        worker = Worker(
+            "batch_fp32",
+            {
+                "kind": "batch",
+                "model_dir": str(fp32_dir),
+                "threads": threads,
+                "s3_endpoint": server["endpoint"],
+            },
+        )
+        try:
+            worker.ready()
+            return batch.batch_phase(handler, worker, server, image, threads, cfg, log)
+        finally:
+            worker.close()
+
+
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     cfg = settings(args.quick)
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -829,6 +863,10 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         tput = throughput(
             {k: workers[k] for k in ("handler_fp32", "handler_int8", "torch_fp32")}, images, cfg
         )
+        log("Batch worker vs real-time handler (moto S3 on 127.0.0.1) ...")
+        batch_res = run_batch_phase(
+            workers["handler_fp32"], dirs["fp32"], images, threads, args, log
+        )
         from model_export.photos import photographs
 
         photos = photographs()
@@ -900,7 +938,11 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         ),
     }
     result["machine"]["loadavg_1m_at_start"] = load_at_start
+    result["batch"] = batch_res
     result["ratios"], result["targets"] = ratios_and_targets(result)
+    for name in ("s3", "s3_server_cpu_removed", "memory"):
+        result["ratios"][f"batch_{name}_over_realtime_per_vcpu"] = batch_res[f"ratio_{name}"]
+    result["targets"].append(batch_res["target"])
     result["duration_s"] = round(time.perf_counter() - started, 1)
     return result
 

@@ -117,6 +117,84 @@ class HandlerVariant(Variant):
         return preprocess.preprocess(path.read_bytes(), self.model.preprocessing)
 
 
+class BatchVariant(Variant):
+    """lambda_src/batch.py (the Distributed Map worker), INIT from a pre-seeded /tmp cache.
+
+    Objects come from an S3 API server over HTTP (``s3_endpoint``: the driver's moto server, on
+    the same CPUs) or, for the "memory" source, from bytes held in this process: the worker's
+    compute alone, as when S3's side of a GET costs the function nothing.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import shutil
+        import tempfile
+
+        model_dir = Path(spec["model_dir"])
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        cache = Path(tempfile.mkdtemp(prefix="bench-batch-cache-"))
+        shutil.copyfile(model_dir / "model.onnx", cache / f"{manifest['sha256']}.onnx")
+        self.memory_mb = spec["threads"] * MB_PER_VCPU
+        os.environ.update(
+            {
+                "MODEL_BUCKET": "bench-models",
+                "MODEL_KEY": f"models/{manifest['sha256']}/model.onnx",
+                "MODEL_SHA256": manifest["sha256"],
+                "MODEL_CACHE_DIR": str(cache),
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+                "POWERTOOLS_SERVICE_NAME": "bench-batch",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_ENDPOINT_URL_S3": spec["s3_endpoint"],
+                **{k: str(v) for k, v in spec.get("env", {}).items()},
+            }
+        )
+        sys.path.insert(0, str(LAMBDA_SRC))
+        import batch  # INIT: verifies the cached model, opens and warms the session
+
+        self.module = batch
+        if batch.RUNTIME.worker is None:
+            raise RuntimeError(f"batch INIT failed: {batch.RUNTIME.load_error}")
+        self.threads = batch.RUNTIME.threads
+        self.init = {"threads": self.threads, "fetch_threads": batch.FETCH_THREADS}
+        self.context = FakeContext(self.memory_mb)
+        self.s3 = batch.RUNTIME.worker.s3
+        shutil.rmtree(cache, ignore_errors=True)
+
+    def run_batch(self, cmd: dict[str, Any], run: int) -> dict[str, Any]:
+        worker = self.module.RUNTIME.worker
+        worker.s3 = self.s3 if cmd["source"] == "s3" else _MemoryS3(Path(cmd["image"]))
+        event = {
+            "Items": [{"Key": key, "Size": cmd["size"]} for key in cmd["keys"]],
+            "BatchInput": {
+                "bucket": cmd["bucket"],
+                "output_bucket": cmd["output_bucket"],
+                "output_prefix": "results/",
+                "run_id": f"bench-{run}",
+            },
+        }
+        t0 = time.perf_counter()
+        summary = self.module.handler(event, self.context)
+        ms = (time.perf_counter() - t0) * 1000.0
+        if summary["predicted"] != len(cmd["keys"]):
+            raise RuntimeError(f"batch predicted {summary['predicted']} of {len(cmd['keys'])}")
+        return {"ms": ms, "images": summary["images"], "worker_s": summary["seconds"]}
+
+
+class _MemoryS3:
+    """GetObject from bytes in memory; PutObject discarded (the source="memory" runs)."""
+
+    def __init__(self, image: Path) -> None:
+        self.data = image.read_bytes()
+
+    def get_object(self, **_kwargs: Any) -> dict[str, Any]:
+        return {"Body": io.BytesIO(self.data), "ContentLength": len(self.data)}
+
+    def put_object(self, **_kwargs: Any) -> dict[str, Any]:
+        return {}
+
+
 class NaiveVariant(Variant):
     """What a first version usually looks like: full-resolution decode, default session options."""
 
@@ -235,7 +313,12 @@ def _same_weights(manifest: dict[str, Any]) -> Any:
     raise RuntimeError(f"bench cannot rebuild weights from source {source!r} for PyTorch eager")
 
 
-VARIANTS = {"handler": HandlerVariant, "naive": NaiveVariant, "torch": TorchVariant}
+VARIANTS = {
+    "handler": HandlerVariant,
+    "naive": NaiveVariant,
+    "torch": TorchVariant,
+    "batch": BatchVariant,
+}
 
 
 def serve(variant: Variant, out: Any) -> None:
@@ -244,6 +327,7 @@ def serve(variant: Variant, out: Any) -> None:
     images: dict[str, bytes] = {}
     events: dict[str, dict[str, Any]] = {}
     checked: set[str] = set()
+    batch_runs = 0
 
     def reply(payload: dict[str, Any]) -> None:
         out.write(json.dumps(payload) + "\n")
@@ -302,6 +386,10 @@ def serve(variant: Variant, out: Any) -> None:
             elif name == "logits":
                 batch = np.stack([variant.preprocess_file(Path(p)) for p in cmd["paths"]])
                 reply({"logits": np.asarray(variant.bare(batch), dtype=np.float64).tolist()})
+            elif name == "batch_run":
+                assert isinstance(variant, BatchVariant)
+                batch_runs += 1
+                reply(variant.run_batch(cmd, batch_runs))
             elif name == "rss":
                 reply({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
             else:

@@ -1,18 +1,19 @@
-"""Command line: `python -m classifier_client [classify] IMAGE_OR_DIR... | health`."""
+"""Command line: `python -m classifier_client [classify] IMAGES... | health | batch S3_URI`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import batch as batch_runs
 from .client import ApiError, ClassifierError, Client, RetryPolicy, iter_images
 from .config import ENV_API_KEY, ENV_ENDPOINT, resolve_target
 
-COMMANDS = ("classify", "health")
+COMMANDS = ("classify", "health", "batch")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,16 +53,55 @@ def _parser() -> argparse.ArgumentParser:
         "function's batch limit)",
     )
     sub.add_parser("health", parents=[common], help="show the model the endpoint serves")
+    _add_batch_parser(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+def _add_batch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "batch",
+        help="classify every image under an S3 prefix or in a manifest (Step Functions)",
+        description="Start a batch run over s3://<input bucket>/<prefix>/ or a .jsonl/.csv "
+        "manifest under <prefix>manifests/, follow its progress and summarize the results "
+        "(docs/batch.md).",
+    )
+    b.add_argument("uri", nargs="?", help="s3://bucket/prefix/ or s3://bucket/manifests/x.jsonl")
+    where = b.add_argument_group("which stack (from `make deploy`'s outputs file)")
+    where.add_argument("--stage", help="reads cdk-outputs-<stage>.json in this directory")
+    where.add_argument("--outputs-file", type=Path, help="a `cdk deploy --outputs-file` JSON")
+    where.add_argument("--stack", help="stack name in the outputs file (when it holds several)")
+    run = b.add_argument_group("the run")
+    run.add_argument("--run-id", help="execution name (default batch-<UTC time>-<random>)")
+    run.add_argument("--follow", metavar="RUN_ID", help="follow a run started earlier")
+    run.add_argument(
+        "--redrive", metavar="RUN_ID", help="redrive a failed run (unsuccessful batches only)"
+    )
+    run.add_argument("--no-wait", action="store_true", help="start and print the run id only")
+    run.add_argument("--poll", type=float, default=5.0, help="seconds between progress polls")
+    run.add_argument("--no-summary", action="store_true", help="skip reading the result files")
+    run.add_argument("--top", type=int, default=10, help="labels shown in the summary")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    aws_clients: Callable[[str], batch_runs.AwsClients] | None = None,
+) -> int:
     out = stdout or sys.stdout
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] not in (*COMMANDS, "-h", "--help"):
         args_list.insert(0, "classify")
     args = _parser().parse_args(args_list)
     try:
+        if args.command == "batch":
+            if args.poll <= 0 or args.top < 0:
+                raise ClassifierError("--poll must be > 0 and --top >= 0")
+            return batch_runs.run_command(
+                args, out, clients=aws_clients or batch_runs.default_clients
+            )
         return _run(args, out)
     except ClassifierError as exc:
         print(f"error: {exc}", file=sys.stderr)

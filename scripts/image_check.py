@@ -5,7 +5,8 @@
    up to 2_34 install there; current onnxruntime wheels need manylinux_2_28).
 2. hadolint is clean on lambda_src/Dockerfile (any ignored rule carries its reason inline).
 3. Every COPY source exists and survives .dockerignore.
-4. The CMD's ``module.function`` imports from a copy of exactly the COPY'd files and is callable.
+4. The CMD's ``module.function`` imports from a copy of exactly the COPY'd files and is callable;
+   so does every handler a stack runs by overriding the command (``COMMAND_OVERRIDES``).
 
 Exit status 0 when all pass; each failure is one line on stderr.
 """
@@ -33,6 +34,9 @@ PYTHON_VERSION = "3.12"
 # Newest first; glibc 2.34 on Amazon Linux 2023 accepts every tag up to manylinux_2_34.
 MANYLINUX_TAGS = ("manylinux_2_34", "manylinux_2_28", "manylinux_2_17", "manylinux2014")
 ARCHITECTURES = ("x86_64", "aarch64")
+# Handlers the stacks run from this same image by overriding its command (ImageConfig.Command):
+# the batch function (stacks/batch.py). Each must import from the COPY'd files like the CMD.
+COMMAND_OVERRIDES = ("batch.handler",)
 
 
 class CheckFailed(Exception):
@@ -134,8 +138,11 @@ def cmd_target(instructions: list[Instruction]) -> tuple[str, str]:
     return module, function
 
 
-def check_cmd_importable(context: Path = LAMBDA_SRC, timeout: float = 120.0) -> list[str]:
-    """Import the CMD's module from a copy of only the COPY'd files, as the image would.
+def check_cmd_importable(
+    context: Path = LAMBDA_SRC, timeout: float = 120.0, handler: str | None = None
+) -> list[str]:
+    """Import the CMD's module (or ``handler``, a command override) from a copy of only the
+    COPY'd files, as the image would.
 
     The import runs the real INIT, offline: the cache holds a file whose digest matches
     MODEL_SHA256 but which is no ONNX model, so a correct handler records the failure (requests
@@ -143,6 +150,10 @@ def check_cmd_importable(context: Path = LAMBDA_SRC, timeout: float = 120.0) -> 
     """
     instructions = parse_dockerfile(context / "Dockerfile")
     module, function = cmd_target(instructions)
+    what = "CMD"
+    if handler is not None:
+        module, _, function = handler.rpartition(".")
+        what = "command override"
     with tempfile.TemporaryDirectory(prefix="task-root-") as task_root:
         cache = Path(task_root) / "cache"
         cache.mkdir()
@@ -188,10 +199,10 @@ def check_cmd_importable(context: Path = LAMBDA_SRC, timeout: float = 120.0) -> 
         )
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return [f"CMD {module}.{function} is not importable from the COPY'd files: {tail}"]
+        return [f"{what} {module}.{function} is not importable from the COPY'd files: {tail}"]
     # The handler's JSON logs share stdout; the probe's own line is the last one.
     if not (result.stdout.strip().splitlines() or [""])[-1].startswith(task_root):
-        return [f"CMD module {module} was imported from outside the image's task root"]
+        return [f"{what} module {module} was imported from outside the image's task root"]
     return []
 
 
@@ -255,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         ("hadolint", check_hadolint),
         ("COPY sources exist", check_copy_sources),
         ("CMD importable", check_cmd_importable),
+        *(
+            (f"{target} importable", lambda target=target: check_cmd_importable(handler=target))
+            for target in COMMAND_OVERRIDES
+        ),
     ]
     if not args.skip_wheels:
         for arch in ARCHITECTURES:

@@ -106,6 +106,24 @@ class StageConfig:
         log_level: ``POWERTOOLS_LOG_LEVEL`` of the function.
         termination_protection: CloudFormation refuses to delete the stack until it is lifted.
         waf: A WAFv2 web ACL on the API stage, or ``None`` for none.
+        batch_enabled: Deploy batch predictions (Distributed Map state machine, batch function,
+            input/output buckets; docs/batch.md).
+        batch_memory_mb: Batch function memory in MB (3538 MB = 2 vCPUs: one runs ONNX
+            Runtime while the other reads and decodes the next images; docs/batch.md).
+        batch_timeout_seconds: Batch function timeout in seconds, for one batch, 1-90: three
+            attempts fit the 5-minute limit of the EXPRESS child workflow that invokes it.
+        batch_reserved_concurrency: Reserved concurrent executions of the batch function, in
+            environments: its own pool, so a run never starves the real-time alias.
+        batch_max_concurrency: Batches (child workflows) in flight, at most
+            ``batch_reserved_concurrency``.
+        batch_items_per_batch: Objects per batch (ItemBatcher MaxItemsPerBatch), 1-200.
+        batch_tolerated_failure_percentage: Failed batches a run tolerates, percent 0-100.
+        batch_input_bucket_name: Existing bucket to read images from, or ``None`` to create one.
+        batch_input_prefix: Key prefix (``""`` or ending in ``/``) a run may list and read;
+            manifests live under ``<prefix>manifests/``.
+        batch_output_bucket_name: Existing bucket for results, or ``None`` to create one.
+        batch_result_expiration_days: Days until results (``results/``) expire, in days.
+        batch_run_timeout_hours: Hours after which a run is stopped, in hours.
     """
 
     name: str
@@ -137,6 +155,18 @@ class StageConfig:
     log_level: str = "INFO"
     termination_protection: bool = False
     waf: WafConfig | None = None
+    batch_enabled: bool = True
+    batch_memory_mb: int = 3538
+    batch_timeout_seconds: int = 60
+    batch_reserved_concurrency: int = 10
+    batch_max_concurrency: int = 10
+    batch_items_per_batch: int = 100
+    batch_tolerated_failure_percentage: float = 5
+    batch_input_bucket_name: str | None = None
+    batch_input_prefix: str = ""
+    batch_output_bucket_name: str | None = None
+    batch_result_expiration_days: int = 30
+    batch_run_timeout_hours: int = 24
 
     def __post_init__(self) -> None:
         problems = []
@@ -186,8 +216,29 @@ class StageConfig:
                 f"slack_channel_id {self.slack_channel_id!r} is not a Slack channel ID "
                 "(letters and digits, like C0123ABCD)"
             )
+        problems += self._batch_problems()
         if problems:
             raise ValueError(f"StageConfig {self.name!r}: " + "; ".join(problems))
+
+    def _batch_problems(self) -> list[str]:
+        problems = []
+        if not 128 <= self.batch_memory_mb <= 10240:
+            problems.append("batch_memory_mb must be 128-10240")
+        # EXPRESS child workflows end after 5 minutes: three attempts (the worker's retry,
+        # stacks/batch.py) must fit.
+        if not 1 <= self.batch_timeout_seconds <= 90:
+            problems.append("batch_timeout_seconds must be 1-90")
+        if not 1 <= self.batch_max_concurrency <= self.batch_reserved_concurrency:
+            problems.append("need 1 <= batch_max_concurrency <= batch_reserved_concurrency")
+        if not 1 <= self.batch_items_per_batch <= 200:
+            problems.append("batch_items_per_batch must be 1-200 (256 KiB batch input)")
+        if not 0 <= self.batch_tolerated_failure_percentage <= 100:
+            problems.append("batch_tolerated_failure_percentage must be 0-100")
+        if self.batch_input_prefix and not self.batch_input_prefix.endswith("/"):
+            problems.append("batch_input_prefix must be empty or end with '/'")
+        if self.batch_result_expiration_days < 1 or self.batch_run_timeout_hours < 1:
+            problems.append("batch_result_expiration_days and batch_run_timeout_hours must be >= 1")
+        return problems
 
     @property
     def stack_id(self) -> str:
@@ -224,6 +275,9 @@ DEV = StageConfig(
     noncurrent_version_expiration_days=3,
     removal_policy=RemovalPolicy.DESTROY,
     log_level="DEBUG",
+    batch_reserved_concurrency=10,
+    batch_max_concurrency=10,
+    batch_result_expiration_days=14,
 )
 
 PROD = StageConfig(
@@ -251,6 +305,9 @@ PROD = StageConfig(
     termination_protection=True,
     # One IP may use a key's whole usage-plan rate (50 rps x 300 s), and no more.
     waf=WafConfig(rate_limit_per_5_minutes=15_000),
+    batch_reserved_concurrency=100,
+    batch_max_concurrency=100,
+    batch_result_expiration_days=90,
 )
 
 STAGES: dict[str, StageConfig] = {stage.name: stage for stage in (DEV, PROD)}

@@ -29,6 +29,19 @@ _ARCHITECTURES = {
 }
 
 
+def image_code(
+    architecture: Architecture, *, cmd: list[str] | None = None
+) -> lambda_.DockerImageCode:
+    """The one image built from lambda_src/ (same inputs, so the same asset hash for every
+    function); ``cmd`` overrides its CMD (ImageConfig.Command), e.g. ``["batch.handler"]``."""
+    return lambda_.DockerImageCode.from_image_asset(
+        str(LAMBDA_SRC),
+        platform=_ARCHITECTURES[architecture][1],
+        exclude=["**/__pycache__", "**/*.pyc"],
+        cmd=cmd,
+    )
+
+
 class PredictFunction(Construct):
     """DockerImageFunction + log group + least-privilege role + alias ``live``.
 
@@ -81,7 +94,7 @@ class PredictFunction(Construct):
                 f"ephemeral_storage_mb={ephemeral_storage_mb} cannot hold the "
                 f"{model.size_bytes} byte model twice plus headroom: raise it to >= {needed}"
             )
-        lambda_arch, platform = _ARCHITECTURES[architecture]
+        lambda_arch = _ARCHITECTURES[architecture][0]
 
         self.log_group = logs.LogGroup(
             self, "Logs", retention=log_retention, removal_policy=removal_policy
@@ -110,9 +123,7 @@ class PredictFunction(Construct):
         self.function = lambda_.DockerImageFunction(
             self,
             "Function",
-            code=lambda_.DockerImageCode.from_image_asset(
-                str(LAMBDA_SRC), platform=platform, exclude=["**/__pycache__", "**/*.pyc"]
-            ),
+            code=image_code(architecture),
             architecture=lambda_arch,
             memory_size=memory_mb,
             timeout=Duration.seconds(timeout_seconds),

@@ -7,6 +7,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from stacks.batch import BatchPredictions
 from stacks.config import StageConfig
 from stacks.model_source import ModelSource
 from stacks.model_store import ModelStore
@@ -135,3 +136,47 @@ class ServingStack(Stack):
         self.predict = predict
         self.api = api
         self.monitoring = monitoring
+        self.batch = self._add_batch(config, model, store) if config.batch_enabled else None
+
+    def _add_batch(
+        self, config: StageConfig, model: ModelSource, store: ModelStore
+    ) -> BatchPredictions:
+        """Batch predictions (docs/batch.md): same image and model, its own concurrency pool."""
+        batch = BatchPredictions(
+            self,
+            "Batch",
+            model_bucket=store.bucket,
+            model=model,
+            access_log_bucket=store.access_log_bucket,
+            architecture=config.architecture,
+            memory_mb=config.batch_memory_mb,
+            timeout_seconds=config.batch_timeout_seconds,
+            ephemeral_storage_mb=config.ephemeral_storage_mb,
+            reserved_concurrency=config.batch_reserved_concurrency,
+            max_concurrency=config.batch_max_concurrency,
+            items_per_batch=config.batch_items_per_batch,
+            tolerated_failure_percentage=config.batch_tolerated_failure_percentage,
+            input_bucket_name=config.batch_input_bucket_name,
+            input_prefix=config.batch_input_prefix,
+            output_bucket_name=config.batch_output_bucket_name,
+            result_expiration_days=config.batch_result_expiration_days,
+            noncurrent_version_expiration_days=config.noncurrent_version_expiration_days,
+            run_timeout_hours=config.batch_run_timeout_hours,
+            service_name=f"{config.service_name}-batch",
+            log_level=config.log_level,
+            log_retention=config.log_retention,
+            removal_policy=config.removal_policy,
+        )
+        if store.deployment is not None:
+            batch.function.node.add_dependency(store.deployment)
+        CfnOutput(self, "BatchStateMachineArn", value=batch.state_machine.state_machine_arn)
+        CfnOutput(self, "BatchInputBucketName", value=batch.input_bucket.bucket_name)
+        CfnOutput(
+            self,
+            "BatchInputPrefix",
+            value=batch.input_prefix or "/",
+            description="Runs may read keys under this prefix ('/' = the whole bucket)",
+        )
+        CfnOutput(self, "BatchOutputBucketName", value=batch.output_bucket.bucket_name)
+        CfnOutput(self, "BatchFunctionName", value=batch.function.function_name)
+        return batch

@@ -184,3 +184,95 @@ def test_cli_prints_both_totals_and_refuses_bad_input(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "make bench" in missing.stderr
+
+
+# ---------------------------------------------------------------- batch vs endpoint
+
+SFN_TRANSITION = 0.025 / 1000
+SFN_EXPRESS_REQUEST = 1.00 / 1e6
+SFN_EXPRESS_GB_S = 0.00001667
+S3_GET = 0.0004 / 1000
+S3_PUT_LIST = 0.005 / 1000
+
+
+def test_batch_cost_for_a_million_images_worked_out_by_hand() -> None:
+    from bench.cost import BatchInputs, batch_cost
+
+    # 1M images at 40 images/s per 3538 MB environment, 100 per batch: 10,000 batches of 2.5 s.
+    result = batch_cost(
+        BatchInputs(
+            images=1_000_000,
+            images_per_s=40,
+            memory_mb=3538,
+            items_per_batch=100,
+            environments=10,
+            init_ms=2000,
+            child_overhead_ms=100,
+        )
+    )
+    gb = 3538 / 1024
+    assert result["batches"] == 10_000
+    assert result["lambda_requests"] == pytest.approx(10_000 * X86_REQUEST)
+    assert result["lambda_compute"] == pytest.approx(10_000 * 2.5 * gb * X86_GB_S)
+    assert result["lambda_compute"] == pytest.approx(1.4396, abs=1e-3)
+    assert result["lambda_init"] == pytest.approx(10 * 2.0 * gb * X86_GB_S)
+    assert result["sfn_state_transitions"] == pytest.approx((4 + 10_000) * SFN_TRANSITION)
+    assert result["sfn_express_requests"] == pytest.approx(10_000 * SFN_EXPRESS_REQUEST)
+    # Each child runs 2.5 s + 0.1 s, billed in 100 ms steps, in one 64 MB chunk.
+    assert result["sfn_express_duration"] == pytest.approx(10_000 * 2.6 * 0.0625 * SFN_EXPRESS_GB_S)
+    assert result["s3_get"] == pytest.approx(1_000_000 * S3_GET)  # $0.40
+    assert result["s3_list"] == pytest.approx(1_000 * S3_PUT_LIST)  # 1,000 keys per LIST
+    assert result["s3_put"] == pytest.approx((10_000 + 3) * S3_PUT_LIST)
+    assert result["total"] == pytest.approx(
+        0.002 + 1.43962 + 0.0011517 + 0.2501 + 0.01 + 0.0270888 + 0.40 + 0.005 + 0.050015,
+        abs=1e-4,
+    )
+
+
+def test_endpoint_side_of_the_comparison_is_the_on_demand_column() -> None:
+    from bench.cost import BatchInputs, batch_vs_endpoint
+
+    result = batch_vs_endpoint(
+        BatchInputs(images=1_000_000, images_per_s=40, memory_mb=3538, items_per_batch=100),
+        endpoint_ms=28.6,
+        endpoint_memory_mb=3538,
+        cold_start_rate=0.0,
+    )
+    endpoint = result["endpoint"]
+    assert endpoint["api_gateway"] == pytest.approx(1_000_000 * APIGW)  # $3.50
+    assert endpoint["compute"] == pytest.approx(1_000_000 * 0.029 * 3538 / 1024 * X86_GB_S)
+    assert result["endpoint_over_batch"] == pytest.approx(
+        endpoint["total"] / result["batch"]["total"]
+    )
+    assert result["endpoint_over_batch"] > 1
+
+
+def test_cost_cli_prices_batch_from_a_bench_batch_result(tmp_path: Path) -> None:
+    results = tmp_path / "batch-20261203T000000.json"
+    results.write_text(
+        '{"memory_mb": 3538, "s3": {"images_per_s": 40.0}, "realtime": {"images_per_s": 35.0}}'
+    )
+    common = ["--duration-ms", "30", "--init-ms", "2000", "--cold-start-rate", "0"]
+    ok = subprocess.run(
+        [sys.executable, "-m", "bench.cost", *common, "--batch-results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "1,000,000 images: batch predictions vs the endpoint" in ok.stdout
+    batch_total = ok.stdout.splitlines()[-3]
+    assert batch_total.startswith("| TOTAL (USD)")
+    # endpoint: 1M x (0.20e-6 + 0.029 s x 3.455 GB x price) + 3.50; 1000/35 = 28.57 -> 29 ms
+    endpoint = 0.20 + 1_000_000 * 0.029 * 3538 / 1024 * X86_GB_S + 3.50
+    assert f"{endpoint:.2f}" in batch_total
+    skipped = subprocess.run(
+        [sys.executable, "-m", "bench.cost", *common, "--no-batch"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert skipped.returncode == 0
+    assert "batch predictions" not in skipped.stdout

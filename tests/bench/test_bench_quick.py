@@ -116,9 +116,25 @@ def test_quick_run_cold_starts_fidelity_flops_and_targets(quick_run: dict) -> No
         "12mp_over_typical_fp32",
         "fp32_over_int8_handler",
         "cold_fp32_over_torch",
+        "ratio_s3_server_cpu_removed",
     }
     assert set(statuses.values()) <= {"PASS", "MISS", "N/A"}
-    for line in ("Warm latency", "Cold INIT", "Targets"):
+    batch = res["batch"]
+    for path in ("realtime", "s3", "memory"):
+        entry = batch[path]
+        assert entry["images"] > 0
+        assert entry["images_per_s"] == pytest.approx(entry["images"] / entry["seconds"], rel=0.01)
+        assert entry["images_per_s_per_vcpu"] == pytest.approx(
+            entry["images_per_s"] / batch["threads"], rel=0.01
+        )
+    assert batch["ratio_s3"] == pytest.approx(
+        batch["s3"]["images_per_s_per_vcpu"] / batch["realtime"]["images_per_s_per_vcpu"], rel=0.01
+    )
+    assert batch["batch_worker"]["threads"] == batch["threads"]
+    # Removing the S3 server's CPU can only leave the worker fewer vCPU-seconds.
+    assert batch["s3_server_cpu_removed"]["seconds"] <= batch["s3"]["seconds"]
+    assert batch["s3"]["server_cpu_ms_per_image"] > 0
+    for line in ("Warm latency", "Cold INIT", "Targets", "Batch vs real-time"):
         assert line in quick_run["stdout"]
     assert (quick_run["work"] / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -117,3 +117,20 @@ def test_a_pin_without_wheels_for_the_platform_fails(tmp_path: Path):
     problems = image_check.check_wheels("aarch64", requirements)
     assert problems
     assert all(p.startswith("aarch64: ") for p in problems)
+
+
+def test_command_override_handlers_import_from_the_copied_files():
+    assert image_check.COMMAND_OVERRIDES == ("batch.handler",)
+    for target in image_check.COMMAND_OVERRIDES:
+        assert image_check.check_cmd_importable(handler=target) == []
+
+
+def test_batch_module_left_out_of_copy_breaks_the_batch_override(context: Path):
+    dockerfile = context / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace(" batch.py", ""))
+    problems = image_check.check_cmd_importable(context, handler="batch.handler")
+    assert len(problems) == 1
+    assert "command override batch.handler" in problems[0]
+    assert "No module named 'batch'" in problems[0]
+    # The image's own CMD is unaffected.
+    assert image_check.check_cmd_importable(context) == []

@@ -20,7 +20,22 @@ from stacks import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 # Actions AWS defines without resource-level permissions; "*" is the only valid Resource.
-ACTIONS_WITHOUT_RESOURCES = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+ACTIONS_WITHOUT_RESOURCES = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    # A state machine's X-Ray sampling and its CloudWatch Logs vended-log delivery (Step
+    # Functions' documented logging policy; docs/batch.md).
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
 DATA_SERVICES = ("s3:", "dynamodb:", "kms:", "secretsmanager:", "ssm:", "sqs:", "sns:")
 
 

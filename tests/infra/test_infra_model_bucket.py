@@ -79,7 +79,7 @@ def test_access_log_bucket_is_itself_private_encrypted_and_tls_only(raw: dict[st
     assert tls_deny_statement_for(raw, "ModelAccessLogBucket")["Effect"] == "Deny"
 
 
-def test_access_log_bucket_admits_only_log_delivery_from_the_model_bucket(
+def test_access_log_bucket_admits_only_log_delivery_from_the_stacks_buckets(
     raw: dict[str, Any],
 ) -> None:
     statements = [
@@ -90,9 +90,19 @@ def test_access_log_bucket_admits_only_log_delivery_from_the_model_bucket(
         if statement["Effect"] == "Allow"
         and statement.get("Principal") == {"Service": "logging.s3.amazonaws.com"}
     ]
-    assert len(statements) == 1
-    condition = statements[0]["Condition"]
-    assert condition["ArnLike"]["aws:SourceArn"] == {"Fn::GetAtt": ["ModelBucket", "Arn"]}
+    # Each source bucket may write only under its own prefix (batch buckets: docs/batch.md).
+    sources = {
+        statement["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::GetAtt"][0]: statement["Resource"][
+            "Fn::Join"
+        ][1][1]
+        for statement in statements
+    }
+    assert sources == {
+        "ModelBucket": "/model-bucket/*",
+        "BatchInputBucket": "/batch-input/*",
+        "BatchOutputBucket": "/batch-output/*",
+    }
+    assert len(statements) == len(sources)
 
 
 def test_noncurrent_model_versions_expire_after_the_stage_days(
