@@ -28,7 +28,7 @@ from constructs import Construct
 
 from stacks.config import Architecture
 from stacks.model_source import ModelSource
-from stacks.model_store import _pin_logical_id, _secure_bucket
+from stacks.model_store import _pin_logical_id, _secure_bucket, grant_read_models
 from stacks.predict_function import _ARCHITECTURES, METRICS_NAMESPACE, MODEL_CACHE_DIR, image_code
 
 BATCH_HANDLER = "batch.handler"
@@ -97,7 +97,8 @@ class BatchPredictions(Construct):
     ) -> None:
         """
         Args:
-            model_bucket: Bucket of the served model; the function reads exactly ``model.key``.
+            model_bucket: Bucket of the served model; the function may read
+                ``<model.store_prefix>/*`` from it, as the predict function.
             model: Key and sha256 pinned into the function's environment.
             access_log_bucket: Destination of the created buckets' server access logs.
             architecture: ``x86_64`` or ``arm64``, as the real-time function (same image).
@@ -189,16 +190,13 @@ class BatchPredictions(Construct):
             self,
             "FunctionRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Batch function: its logs, the model object, input reads, result writes",
+            description="Batch function: its logs, content-addressed models, input reads, results",
         )
         self.log_group.grant_write(self.role)
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                sid="ReadTheDeployedModel",
-                actions=["s3:GetObject"],
-                resources=[model_bucket.arn_for_objects(model.key)],
-            )
-        )
+        # The same grant as the predict function's: during a stack update the function's new
+        # environment (MODEL_KEY) and this policy change in separate steps, and a cold start in
+        # between must still read the model its environment names.
+        models_resource = grant_read_models(self.role, model_bucket, model)
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="ReadInputImages",
@@ -250,10 +248,13 @@ class BatchPredictions(Construct):
                 NagPackSuppression(
                     id="AwsSolutions-IAM5",
                     reason="Reads any image under the input prefix and writes one object per "
-                    "batch under results/ (keys known only at run time); X-Ray's write actions "
-                    "have no resource-level permissions.",
+                    "batch under results/ (keys known only at run time); reads the "
+                    "content-addressed models as the predict function does (the environment "
+                    "and the policy change separately during an update; the handler verifies "
+                    "the sha256); X-Ray's write actions have no resource-level permissions.",
                     applies_to=[
                         "Resource::*",
+                        models_resource,
                         f"Resource::{_nag_arn(self.input_bucket)}/{input_prefix}*",
                         f"Resource::{_nag_arn(self.output_bucket)}/{RESULTS_PREFIX}*",
                     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
@@ -17,6 +18,28 @@ from stacks.model_source import MANIFEST_FILE, MODEL_FILE, ModelSource
 # make CloudFormation create a new, empty bucket and orphan (prod) or delete (dev) the old one.
 MODEL_BUCKET_LOGICAL_ID = "ModelBucket"
 ACCESS_LOG_BUCKET_LOGICAL_ID = "ModelAccessLogBucket"
+
+
+def grant_read_models(role: iam.IRole, bucket: s3.IBucket, model: ModelSource) -> str:
+    """Let ``role`` read every content-addressed model (``<model.store_prefix>/*``) in ``bucket``.
+
+    Not only ``model.key``: CloudFormation changes a function's environment and its role's
+    policy in separate steps, and every version of the predict function shares its role. A grant
+    on only the new key would 403 an older version's (or the old environment's) cold start during
+    a canary, a rollback or the stack update itself. The trust rule is the digest: each function
+    downloads only its ``MODEL_KEY`` and refuses bytes whose sha256 is not its ``MODEL_SHA256``.
+
+    Returns the grant's resource as cdk-nag prints it, for the role's ``AwsSolutions-IAM5``
+    suppression (``applies_to``).
+    """
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="ReadContentAddressedModels",
+            actions=["s3:GetObject"],
+            resources=[bucket.arn_for_objects(f"{model.store_prefix}/*")],
+        )
+    )
+    return f"Resource::<{MODEL_BUCKET_LOGICAL_ID}.Arn>/{model.store_prefix}/*"
 
 
 def _secure_bucket(

@@ -15,7 +15,7 @@ from constructs import Construct
 
 from stacks.config import Architecture
 from stacks.model_source import ModelSource
-from stacks.model_store import MODEL_BUCKET_LOGICAL_ID
+from stacks.model_store import grant_read_models
 
 LAMBDA_SRC = Path(__file__).resolve().parent.parent / "lambda_src"
 FUNCTION_LOGICAL_ID = "PredictFunction"
@@ -110,15 +110,8 @@ class PredictFunction(Construct):
         self.log_group.grant_write(self.role)
         # Every version shares this role, and CloudFormation updates the policy before CodeDeploy
         # shifts traffic: a grant on only the new model's key would 503 the old version's new
-        # environments during a canary and after any rollback. So: read any content-addressed
-        # model; the handler's sha256 check against MODEL_SHA256 is what pins the bytes.
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                sid="ReadContentAddressedModels",
-                actions=["s3:GetObject"],
-                resources=[bucket.arn_for_objects(f"{model.store_prefix}/*")],
-            )
-        )
+        # environments during a canary and after any rollback.
+        models_resource = grant_read_models(self.role, bucket, model)
 
         self.function = lambda_.DockerImageFunction(
             self,
@@ -159,10 +152,7 @@ class PredictFunction(Construct):
                     "content-addressed model prefix: every function version shares this role "
                     "and must still read its own model during a canary or after a rollback; the "
                     "handler verifies the sha256.",
-                    applies_to=[
-                        "Resource::*",
-                        f"Resource::<{MODEL_BUCKET_LOGICAL_ID}.Arn>/{model.store_prefix}/*",
-                    ],
+                    applies_to=["Resource::*", models_resource],
                 )
             ],
         )

@@ -3,6 +3,7 @@ the batch function (same image, command batch.handler), buckets and least-privil
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -273,9 +274,7 @@ def _canonical(statements: list[dict[str, Any]]) -> list[str]:
     return sorted(out)
 
 
-def test_batch_function_role_grants_exactly_its_reads_and_writes(
-    raw: dict[str, Any], fake_model: FakeModel
-) -> None:
+def test_batch_function_role_grants_exactly_its_reads_and_writes(raw: dict[str, Any]) -> None:
     props = raw["Resources"]["BatchFunction"]["Properties"]
     role_id = logical_id_of(props["Role"])
     assert raw["Resources"][role_id]["Properties"].get("ManagedPolicyArns") is None
@@ -287,9 +286,10 @@ def test_batch_function_role_grants_exactly_its_reads_and_writes(
             "Resource": {"Fn::GetAtt": [log_group, "Arn"]},
         },
         {
+            # Every content-addressed model, as the predict function (next test).
             "Action": "s3:GetObject",
             "Effect": "Allow",
-            "Resource": _arn("ModelBucket", f"/models/{fake_model.sha256}/model.onnx"),
+            "Resource": _arn("ModelBucket", "/models/*"),
         },
         {"Action": "s3:GetObject", "Effect": "Allow", "Resource": _arn("BatchInputBucket", "/*")},
         {"Action": "s3:ListBucket", "Effect": "Allow", "Resource": _arn("BatchInputBucket")},
@@ -305,6 +305,31 @@ def test_batch_function_role_grants_exactly_its_reads_and_writes(
         },
     ]
     assert _canonical(_statements(raw, role_id)) == _canonical(expected)
+
+
+def _model_bucket_statements(raw: dict[str, Any], function_id: str) -> list[dict[str, Any]]:
+    role_id = logical_id_of(raw["Resources"][function_id]["Properties"]["Role"])
+    return [
+        statement
+        for statement in _statements(raw, role_id)
+        if "ModelBucket" in dumps(statement["Resource"])
+    ]
+
+
+def test_batch_function_reads_models_exactly_as_the_predict_function(
+    raw: dict[str, Any], fake_model: FakeModel
+) -> None:
+    # One grant for both (stacks/model_store.py grant_read_models): during a stack update the
+    # batch function's new MODEL_KEY and its policy change in separate steps, so a grant on
+    # only the deployed key would 403 a cold start in between.
+    batch = _model_bucket_statements(raw, "BatchFunction")
+    assert batch == _model_bucket_statements(raw, "PredictFunction")
+    (statement,) = batch
+    suffix = statement["Resource"]["Fn::Join"][1][1]
+    key = raw["Resources"]["BatchFunction"]["Properties"]["Environment"]["Variables"]["MODEL_KEY"]
+    assert fnmatch.fnmatchcase(key, suffix.lstrip("/"))
+    assert fnmatch.fnmatchcase(f"models/{'0' * 64}/model.onnx", suffix.lstrip("/"))
+    assert key == f"models/{fake_model.sha256}/model.onnx"
 
 
 def test_state_machine_role_grants_exactly_what_the_map_needs(raw: dict[str, Any]) -> None:
