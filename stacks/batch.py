@@ -80,7 +80,7 @@ class BatchPredictions(Construct):
         memory_mb: int,
         timeout_seconds: int,
         ephemeral_storage_mb: int,
-        reserved_concurrency: int,
+        reserved_concurrency: int | None,
         max_concurrency: int,
         items_per_batch: int,
         tolerated_failure_percentage: float,
@@ -105,9 +105,11 @@ class BatchPredictions(Construct):
             memory_mb: Batch function memory in MB (1769 MB = 1 vCPU).
             timeout_seconds: Batch function timeout in seconds (one batch).
             ephemeral_storage_mb: ``/tmp`` in MB for the model cache.
-            reserved_concurrency: Reserved concurrent executions of the batch function: its
-                own pool, so a run never takes concurrency from the real-time alias.
-            max_concurrency: Child workflows (batches) in flight; at most the reservation.
+            reserved_concurrency: Reserved concurrent executions of the batch function (its
+                own pool), or None: the run then draws from the unreserved pool.
+            max_concurrency: Child workflows (batches) in flight; at most the reservation when
+                there is one. Each child invokes the function once at a time, so this also
+                bounds the function's concurrent executions.
             items_per_batch: Objects per child workflow (ItemBatcher MaxItemsPerBatch).
             tolerated_failure_percentage: Failed batches, in percent (0-100), a run tolerates.
             input_bucket_name: An existing bucket to read images from, or None to create one.
@@ -124,8 +126,10 @@ class BatchPredictions(Construct):
             removal_policy: Created buckets and log groups on ``cdk destroy``.
         """
         super().__init__(scope, construct_id)
-        if not 1 <= max_concurrency <= reserved_concurrency:
-            raise ValueError("max_concurrency must be between 1 and reserved_concurrency")
+        if max_concurrency < 1 or (
+            reserved_concurrency is not None and max_concurrency > reserved_concurrency
+        ):
+            raise ValueError("max_concurrency must be >= 1 and at most reserved_concurrency")
         if not 1 <= items_per_batch <= MAX_ITEMS_PER_BATCH:
             raise ValueError(f"items_per_batch must be 1-{MAX_ITEMS_PER_BATCH}")
         if input_prefix and not input_prefix.endswith("/"):

@@ -112,10 +112,12 @@ class StageConfig:
             Runtime while the other reads and decodes the next images; docs/batch.md).
         batch_timeout_seconds: Batch function timeout in seconds, for one batch, 1-90: three
             attempts fit the 5-minute limit of the EXPRESS child workflow that invokes it.
-        batch_reserved_concurrency: Reserved concurrent executions of the batch function, in
-            environments: its own pool, so a run never starves the real-time alias.
-        batch_max_concurrency: Batches (child workflows) in flight, at most
-            ``batch_reserved_concurrency``.
+        batch_reserved_concurrency: Reserved concurrent executions of the batch function, or
+            ``None`` for none: a run then takes at most ``batch_max_concurrency`` executions
+            from the unreserved pool (each child workflow invokes the function once at a time;
+            docs/batch.md). Every reservation needs 100 more in the account's quota.
+        batch_max_concurrency: Batches (child workflows) in flight (Distributed Map
+            MaxConcurrency), at most ``batch_reserved_concurrency`` when that is set.
         batch_items_per_batch: Objects per batch (ItemBatcher MaxItemsPerBatch), 1-200.
         batch_tolerated_failure_percentage: Failed batches a run tolerates, percent 0-100.
         batch_input_bucket_name: Existing bucket to read images from, or ``None`` to create one.
@@ -158,8 +160,8 @@ class StageConfig:
     batch_enabled: bool = True
     batch_memory_mb: int = 3538
     batch_timeout_seconds: int = 60
-    batch_reserved_concurrency: int = 10
-    batch_max_concurrency: int = 10
+    batch_reserved_concurrency: int | None = None
+    batch_max_concurrency: int = 5
     batch_items_per_batch: int = 100
     batch_tolerated_failure_percentage: float = 5
     batch_input_bucket_name: str | None = None
@@ -228,7 +230,10 @@ class StageConfig:
         # stacks/batch.py) must fit.
         if not 1 <= self.batch_timeout_seconds <= 90:
             problems.append("batch_timeout_seconds must be 1-90")
-        if not 1 <= self.batch_max_concurrency <= self.batch_reserved_concurrency:
+        if self.batch_reserved_concurrency is None:
+            if self.batch_max_concurrency < 1:
+                problems.append("batch_max_concurrency must be >= 1")
+        elif not 1 <= self.batch_max_concurrency <= self.batch_reserved_concurrency:
             problems.append("need 1 <= batch_max_concurrency <= batch_reserved_concurrency")
         if not 1 <= self.batch_items_per_batch <= 200:
             problems.append("batch_items_per_batch must be 1-200 (256 KiB batch input)")
@@ -275,8 +280,10 @@ DEV = StageConfig(
     noncurrent_version_expiration_days=3,
     removal_policy=RemovalPolicy.DESTROY,
     log_level="DEBUG",
-    batch_reserved_concurrency=10,
-    batch_max_concurrency=10,
+    # Nothing reserved, so dev deploys on a new account's small concurrency quota; a run takes
+    # at most 5 executions from the pool the predict function shares (docs/batch.md).
+    batch_reserved_concurrency=None,
+    batch_max_concurrency=5,
     batch_result_expiration_days=14,
 )
 
@@ -305,8 +312,10 @@ PROD = StageConfig(
     termination_protection=True,
     # One IP may use a key's whole usage-plan rate (50 rps x 300 s), and no more.
     waf=WafConfig(rate_limit_per_5_minutes=15_000),
-    batch_reserved_concurrency=100,
-    batch_max_concurrency=100,
+    # Its own 50: runs never take the unreserved pool other functions share (predict has its
+    # own 50). 50 + 50 + the 100 Lambda keeps unreserved = a quota of 200 (infrastructure.md).
+    batch_reserved_concurrency=50,
+    batch_max_concurrency=50,
     batch_result_expiration_days=90,
 )
 

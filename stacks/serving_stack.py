@@ -141,7 +141,7 @@ class ServingStack(Stack):
     def _add_batch(
         self, config: StageConfig, model: ModelSource, store: ModelStore
     ) -> BatchPredictions:
-        """Batch predictions (docs/batch.md): same image and model, its own concurrency pool."""
+        """Batch predictions (docs/batch.md): same image and model, bounded concurrency."""
         batch = BatchPredictions(
             self,
             "Batch",

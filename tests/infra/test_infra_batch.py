@@ -25,9 +25,9 @@ from stacks.model_source import ModelSource
 ROOT = Path(__file__).resolve().parents[2]
 # Written out by hand (not read from stacks/config.py): a config edit must be acknowledged here.
 BATCH_EXPECTED: dict[str, dict[str, Any]] = {
-    "dev": {"memory_mb": 3538, "timeout_s": 60, "reserved": 10, "max_concurrency": 10,
+    "dev": {"memory_mb": 3538, "timeout_s": 60, "reserved": None, "max_concurrency": 5,
             "items_per_batch": 100, "tolerated_failure_percentage": 5, "results_days": 14},
-    "prod": {"memory_mb": 3538, "timeout_s": 60, "reserved": 100, "max_concurrency": 100,
+    "prod": {"memory_mb": 3538, "timeout_s": 60, "reserved": 50, "max_concurrency": 50,
              "items_per_batch": 100, "tolerated_failure_percentage": 5, "results_days": 90},
 }  # fmt: skip
 MAP_STATES = {"ListedObjects": "prefix", "JsonlManifest": "jsonl", "CsvManifest": "csv"}
@@ -151,11 +151,27 @@ def test_children_are_express_with_the_stage_tolerance_and_a_label(
 def test_map_concurrency_never_exceeds_the_batch_functions_reservation(
     stage: str, raw: dict[str, Any], asl: dict[str, Any]
 ) -> None:
-    reserved = raw["Resources"]["BatchFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    reserved = raw["Resources"]["BatchFunction"]["Properties"].get("ReservedConcurrentExecutions")
     assert reserved == BATCH_EXPECTED[stage]["reserved"]
     for state in maps(asl).values():
+        # Without a reservation MaxConcurrency alone bounds the run: each child invokes once.
         assert state["MaxConcurrency"] == BATCH_EXPECTED[stage]["max_concurrency"]
-        assert 1 <= state["MaxConcurrency"] <= reserved
+        assert 1 <= state["MaxConcurrency"] <= (reserved or state["MaxConcurrency"])
+
+
+def test_dev_reserves_no_concurrency_so_it_deploys_on_a_new_accounts_quota(
+    synthesized: Any,
+) -> None:
+    # Lambda keeps 100 executions unreserved: any reservation needs a quota above 100, and new
+    # accounts start lower (docs/infrastructure.md, "First deploy in a new account").
+    functions = resources_of(synthesized.raw["dev"], "AWS::Lambda::Function")
+    assert {"PredictFunction", "BatchFunction"} <= set(functions)
+    reserving = {
+        name: props["Properties"]["ReservedConcurrentExecutions"]
+        for name, props in functions.items()
+        if "ReservedConcurrentExecutions" in props["Properties"]
+    }
+    assert reserving == {}
 
 
 def _task(state: dict[str, Any]) -> dict[str, Any]:
@@ -491,6 +507,8 @@ def test_outputs_tell_the_client_where_to_start_and_read(raw: dict[str, Any]) ->
     ("change", "message"),
     [
         ({"batch_max_concurrency": 11, "batch_reserved_concurrency": 10}, "batch_max_concurrency"),
+        ({"batch_max_concurrency": 0, "batch_reserved_concurrency": None}, "batch_max_concurrency"),
+        ({"batch_max_concurrency": 1, "batch_reserved_concurrency": 0}, "batch_max_concurrency"),
         ({"batch_items_per_batch": 500}, "256 KiB"),
         ({"batch_timeout_seconds": 91}, "batch_timeout_seconds must be 1-90"),
         ({"batch_input_prefix": "photos"}, "end with '/'"),
