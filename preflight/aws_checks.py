@@ -6,7 +6,8 @@ new account", with the AWS page it comes from.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.config import Config
@@ -37,6 +38,48 @@ _REJECTED = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClien
 # Fail fast: preflight is interactive, and a hung endpoint must not look like a hung deploy.
 CLIENT_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3})
 _LOGIN_FIX = "refresh your credentials (aws sso login / aws configure) or pick another AWS_PROFILE"
+# The stack outputs (stacks/serving_stack.py) that name a deployed stage's functions.
+FUNCTION_OUTPUTS = {"predict": "FunctionName", "batch": "BatchFunctionName"}
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Concurrency one of the stage's functions takes out of the account's unreserved pool.
+
+    Attributes:
+        function: ``predict`` or ``batch`` (a key of ``FUNCTION_OUTPUTS``).
+        executions: Concurrent executions it takes.
+        reserved: True for reserved concurrency; False for provisioned concurrency on a
+            function without a reservation (carved out of the unreserved pool instead).
+    """
+
+    function: str
+    executions: int
+    reserved: bool
+
+    def describe(self) -> str:
+        return f"{self.function} {self.executions}{'' if self.reserved else ' provisioned'}"
+
+
+def concurrency_holds(config: StageConfig) -> list[Hold]:
+    """Everything the stage takes from the unreserved pool: the predict function's reservation
+    (which includes its provisioned concurrency) or, unreserved, its provisioned maximum; and the
+    batch function's reservation when batch is on and reserves."""
+    holds = []
+    if config.reserved_concurrency:
+        holds.append(Hold("predict", config.reserved_concurrency, reserved=True))
+    elif config.provisioned_concurrency_max:
+        holds.append(Hold("predict", config.provisioned_concurrency_max, reserved=False))
+    if config.batch_enabled and config.batch_reserved_concurrency:
+        holds.append(Hold("batch", config.batch_reserved_concurrency, reserved=True))
+    return holds
+
+
+def concurrency_quota_needed(config: StageConfig) -> int:
+    """The smallest 'Concurrent executions' quota the stage deploys on, in an account where
+    nothing else reserves: what it holds plus the 100 Lambda keeps unreserved (0 holds: any)."""
+    held = sum(hold.executions for hold in concurrency_holds(config))
+    return held + MIN_UNRESERVED_CONCURRENCY if held else 0
 
 
 class CredentialsProblem(Exception):
@@ -155,10 +198,25 @@ def stack_outputs(session: Any, stack_name: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
 
 
+def _already_reserved(lambda_: Any, function_name: str | None) -> int:
+    """What a deployed function already reserves (a redeploy does not need it again)."""
+    if not function_name:
+        return 0
+    try:
+        current = lambda_.get_function_concurrency(FunctionName=function_name)
+    except ClientError:
+        return 0  # not deployed yet, or not readable: count the full reservation
+    return int(current.get("ReservedConcurrentExecutions") or 0)
+
+
 def check_concurrency(
-    session: Any, config: StageConfig, function_name: str | None
+    session: Any, config: StageConfig, outputs: Mapping[str, str]
 ) -> tuple[Finding, dict[str, int]]:
-    """The stage's reserved (or provisioned) concurrency against the account's pool."""
+    """Everything the stage reserves (or provisions) against the account's unreserved pool.
+
+    ``outputs``: the deployed stack's outputs (empty before the first deploy); the functions
+    they name are asked what they already reserve.
+    """
     lambda_ = client(session, "lambda")
     try:
         limit = lambda_.get_account_settings()["AccountLimit"]
@@ -170,36 +228,45 @@ def check_concurrency(
     quota = int(limit["ConcurrentExecutions"])
     unreserved = int(limit["UnreservedConcurrentExecutions"])
     numbers = {"quota": quota, "unreserved": unreserved}
-    # Reserved concurrency includes provisioned; without a reservation, provisioned
-    # concurrency is carved out of the unreserved pool instead.
-    wanted = config.reserved_concurrency or config.provisioned_concurrency_max
-    if wanted == 0:
+    holds = concurrency_holds(config)
+    if not holds:
+        batch = (
+            f" (a batch run takes at most {config.batch_max_concurrency} from it)"
+            if config.batch_enabled
+            else ""
+        )
         return ok(
             "concurrency",
-            f"{config.name} reserves none; the account allows {quota} concurrent executions",
+            f"{config.name} reserves none; the account allows {quota} concurrent executions{batch}",
         ), numbers
-    already = 0
-    if function_name and config.reserved_concurrency:
-        try:
-            current = lambda_.get_function_concurrency(FunctionName=function_name)
-            already = int(current.get("ReservedConcurrentExecutions") or 0)
-        except ClientError:
-            already = 0  # not deployed yet, or not readable: count the full reservation
-    needed = wanted - already
+    wanted = already = needed = 0
+    for hold in holds:
+        held = 0
+        if hold.reserved:
+            held = min(
+                hold.executions,
+                _already_reserved(lambda_, outputs.get(FUNCTION_OUTPUTS[hold.function])),
+            )
+        wanted += hold.executions
+        already += held
+        # No credit for what a function holds beyond its new value: CloudFormation may raise
+        # one function's reservation before it lowers the other's.
+        needed += hold.executions - held
     left = unreserved - needed
-    what = "reserves" if config.reserved_concurrency else "provisions up to"
+    parts = " + ".join(hold.describe() for hold in holds)
     if left >= MIN_UNRESERVED_CONCURRENCY:
         return ok(
             "concurrency",
-            f"{config.name} {what} {wanted} ({already} already held); {unreserved} unreserved "
-            f"-> {left} left, Lambda keeps >= {MIN_UNRESERVED_CONCURRENCY} (quota {quota})",
+            f"{config.name} reserves {wanted} ({parts}; {already} already held); {unreserved} "
+            f"unreserved -> {left} left, Lambda keeps >= {MIN_UNRESERVED_CONCURRENCY} "
+            f"(quota {quota})",
         ), numbers
     quota_needed = quota + (MIN_UNRESERVED_CONCURRENCY - left)
     return blocker(
         "concurrency",
-        f"{config.name} {what} {wanted} concurrent executions but Lambda keeps >= "
-        f"{MIN_UNRESERVED_CONCURRENCY} unreserved: {unreserved} unreserved of a {quota} quota "
-        f"is not enough",
+        f"{config.name} reserves {wanted} concurrent executions ({parts}; {already} already "
+        f"held) but Lambda keeps >= {MIN_UNRESERVED_CONCURRENCY} unreserved: {unreserved} "
+        f"unreserved of a {quota} quota is not enough",
         f"raise 'Concurrent executions' ({CONCURRENCY_QUOTA_CODE}) to >= {quota_needed}: aws "
         f"service-quotas request-service-quota-increase --service-code lambda --quota-code "
         f"{CONCURRENCY_QUOTA_CODE} --desired-value {quota_needed}",
@@ -215,41 +282,62 @@ def _function_memories(lambda_: Any, pages: int) -> Iterator[tuple[str, int]]:
             yield function["FunctionName"], int(function.get("MemorySize", 0))
 
 
+# The StageConfig field that sizes each function.
+MEMORY_FIELDS = {"predict": "memory_mb", "batch": "batch_memory_mb"}
+
+
+def stage_memories(config: StageConfig) -> dict[str, int]:
+    """Memory in MB of each function the stage deploys (``predict``, ``batch``)."""
+    memories = {"predict": config.memory_mb}
+    if config.batch_enabled:
+        memories["batch"] = config.batch_memory_mb
+    return memories
+
+
+def _sizes(memories: Mapping[str, int]) -> str:
+    return ", ".join(f"{function} {memory} MB" for function, memory in memories.items())
+
+
 def check_memory(
-    session: Any, config: StageConfig, function_name: str | None, quota: int | None
+    session: Any, config: StageConfig, outputs: Mapping[str, str], quota: int | None
 ) -> Finding:
-    """Memory against the reduced limit new accounts get (not readable through any API)."""
-    if config.memory_mb <= NEW_ACCOUNT_MEMORY_MB:
+    """Every function's memory against the reduced limit new accounts get (no API reports it)."""
+    memories = stage_memories(config)
+    biggest = max(memories.values())
+    if biggest <= NEW_ACCOUNT_MEMORY_MB:
         return ok(
             "memory",
-            f"{config.memory_mb} MB, within the {NEW_ACCOUNT_MEMORY_MB} MB new accounts start with",
+            f"{_sizes(memories)}: within the {NEW_ACCOUNT_MEMORY_MB} MB new accounts start with",
         )
+    mine = {outputs[name] for name in FUNCTION_OUTPUTS.values() if name in outputs}
     lambda_ = client(session, "lambda")
     try:
         # Evidence the account is past the new-account limit: a function already that big.
         largest = max(_function_memories(lambda_, pages=10), key=lambda f: f[1], default=None)
     except (ClientError, BotoCoreError):
         largest = None
-    if largest and largest[1] >= config.memory_mb:
+    if largest and largest[1] >= biggest:
         name, memory = largest
-        mine = " (this stage's function)" if name == function_name else ""
+        owner = " (this stage's function)" if name in mine else ""
         return ok(
             "memory",
-            f"{config.memory_mb} MB: the account already runs {name}{mine} at {memory} MB",
+            f"{_sizes(memories)}: the account already runs {name}{owner} at {memory} MB",
         )
+    over = {f: m for f, m in memories.items() if m > NEW_ACCOUNT_MEMORY_MB}
     new_account = (
         f" Its concurrency quota ({quota}) is below the 1,000 default, so it still looks new."
         if quota is not None and quota < 1000
         else ""
     )
+    settings = " and ".join(f"{MEMORY_FIELDS[f]}={NEW_ACCOUNT_MEMORY_MB}" for f in over)
     return warn(
         "memory",
-        f"{config.name} uses {config.memory_mb} MB; new accounts are held to "
-        f"{NEW_ACCOUNT_MEMORY_MB} MB until AWS raises it, and no API reports the limit "
-        f"(the deploy would fail with \"'MemorySize' value failed to satisfy constraint: Member "
-        f'must have value less than or equal to {NEW_ACCOUNT_MEMORY_MB}").{new_account}',
-        f"if it does, ask AWS Support (Lambda, function memory) or set memory_mb="
-        f"{NEW_ACCOUNT_MEMORY_MB} for {config.name} in stacks/config.py",
+        f"{config.name} uses {_sizes(over)}; new accounts are held to {NEW_ACCOUNT_MEMORY_MB} MB "
+        "until AWS raises it, and no API reports the limit (the deploy would fail with "
+        "\"'MemorySize' value failed to satisfy constraint: Member must have value less than "
+        f'or equal to {NEW_ACCOUNT_MEMORY_MB}").{new_account}',
+        f"if it does, ask AWS Support (Lambda, function memory) or set {settings} for "
+        f"{config.name} in stacks/config.py",
     )
 
 

@@ -83,10 +83,9 @@ def aws_findings(session_factory: Callable[[], Any], config: StageConfig) -> lis
             )
         )
         outputs = {}
-    function_name = outputs.get("FunctionName")
-    concurrency, numbers = check_concurrency(session, config, function_name)
+    concurrency, numbers = check_concurrency(session, config, outputs)
     findings.append(concurrency)
-    findings.append(check_memory(session, config, function_name, numbers.get("quota")))
+    findings.append(check_memory(session, config, outputs, numbers.get("quota")))
     findings.append(check_api_gateway_logging(session))
     return findings
 
@@ -126,9 +125,15 @@ def main(
     config = STAGES[args.stage]
     model_dir = args.model_dir if args.model_dir.is_absolute() else ROOT / args.model_dir
 
+    batch = (
+        f"; batch {config.batch_memory_mb} MB, reserved concurrency "
+        f"{config.batch_reserved_concurrency or 0}"
+        if config.batch_enabled
+        else ""
+    )
     print(
         f"preflight {config.stack_id} (stage {config.name}: {config.architecture}, "
-        f"{config.memory_mb} MB, reserved concurrency {config.reserved_concurrency or 0})",
+        f"{config.memory_mb} MB, reserved concurrency {config.reserved_concurrency or 0}{batch})",
         flush=True,
     )
     findings = aws_findings(session_factory, config)

@@ -16,6 +16,8 @@ from preflight.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD_FUNCTION = "ResnetServingProd-PredictFunction-XYZ"
+PROD_BATCH_FUNCTION = "ResnetServingProd-BatchFunction-XYZ"
+DEV_BATCH_FUNCTION = "ResnetServingDev-BatchFunction-XYZ"
 SEVERITY = {"OK": 0, "WARN": 1, "BLOCKER": 2}
 
 
@@ -69,7 +71,9 @@ def test_ready_account_passes_every_check_for_prod(
     }, out
     assert code == 0
     assert "version 30 (these templates need >= 6)" in found["bootstrap"][1]
-    assert "1000 unreserved -> 950 left" in found["concurrency"][1]
+    # Both functions' reservations: predict 50 + batch 50.
+    assert "prod reserves 100 (predict 50 + batch 50; 0 already held)" in found["concurrency"][1]
+    assert "1000 unreserved -> 900 left" in found["concurrency"][1]
     assert "(ResnetServingAccount)" in found["api-logging"][1]
     assert out.splitlines()[-1] == (
         "preflight: 0 blockers, 0 warnings: ready for `make deploy STAGE=prod`"
@@ -111,8 +115,9 @@ def test_prod_on_a_new_account_concurrency_quota_is_a_blocker_with_the_quota_to_
     assert code == 1
     level, line = found["concurrency"]
     assert level == "BLOCKER"
-    # 50 reserved + the 100 Lambda keeps unreserved.
-    assert "--quota-code L-B99A9384 --desired-value 150" in line
+    assert "prod reserves 100 concurrent executions (predict 50 + batch 50;" in line
+    # 50 + 50 reserved + the 100 Lambda keeps unreserved.
+    assert "--quota-code L-B99A9384 --desired-value 200" in line
 
 
 def test_dev_reserves_nothing_so_a_new_account_quota_is_fine(
@@ -121,24 +126,82 @@ def test_dev_reserves_nothing_so_a_new_account_quota_is_fine(
     aws.ready()
     new = {"ConcurrentExecutions": 10, "UnreservedConcurrentExecutions": 10}
     code, found, _ = run(capsys, aws, "dev", model, account_limit=new)
-    assert found["concurrency"][0] == "OK"
-    assert found["memory"][0] == "OK"  # 1769 MB
+    level, line = found["concurrency"]
+    assert level == "OK"
+    assert "dev reserves none" in line
+    assert "a batch run takes at most 5 from it" in line
+    assert code == 0  # the memory line below is a warning
+
+
+def test_dev_batch_function_memory_above_the_new_account_limit_is_a_warning(
+    aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The predict function (1769 MB) fits a new account; the batch function (3538 MB) does not.
+    aws.ready()
+    new = {"ConcurrentExecutions": 10, "UnreservedConcurrentExecutions": 10}
+    code, found, out = run(capsys, aws, "dev", model, account_limit=new)
+    level, line = found["memory"]
+    assert level == "WARN"
+    assert "dev uses batch 3538 MB; new accounts are held to 3008 MB" in line
+    assert "predict" not in line.split(" -> fix: ")[0]
+    assert line.endswith("or set batch_memory_mb=3008 for dev in stacks/config.py")
+    assert "below the 1,000 default" in line
     assert code == 0
+    assert "0 blockers, 1 warning" in out
 
 
-def test_prod_redeploy_counts_the_reservation_it_already_holds(
+def test_prod_redeploy_counts_the_reservations_both_functions_already_hold(
     aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     aws.ready()
     aws.function(PROD_FUNCTION, memory_mb=3538, reserved=50)
-    aws.deployed_stack("ResnetServingProd", {"FunctionName": PROD_FUNCTION})
-    # A 150 quota after prod's first deploy: 100 left unreserved, 50 held by prod itself.
-    after_first_deploy = {"ConcurrentExecutions": 150, "UnreservedConcurrentExecutions": 100}
+    aws.function(PROD_BATCH_FUNCTION, memory_mb=3538, reserved=50)
+    aws.deployed_stack(
+        "ResnetServingProd",
+        {"FunctionName": PROD_FUNCTION, "BatchFunctionName": PROD_BATCH_FUNCTION},
+    )
+    # A 200 quota after prod's first deploy: 100 left unreserved, 100 held by prod itself.
+    after_first_deploy = {"ConcurrentExecutions": 200, "UnreservedConcurrentExecutions": 100}
     code, found, out = run(capsys, aws, "prod", model, account_limit=after_first_deploy)
     assert levels(found)["concurrency"] == "OK", out
-    assert "(50 already held)" in found["concurrency"][1]
+    assert "(predict 50 + batch 50; 100 already held)" in found["concurrency"][1]
+    assert "100 unreserved -> 100 left" in found["concurrency"][1]
     assert found["memory"][0] == "OK"
     assert "(this stage's function) at 3538 MB" in found["memory"][1]
+    assert code == 0
+
+
+def test_prod_redeploy_that_adds_the_batch_reservation_needs_its_50_more(
+    aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prod deployed before batch predictions: a 150 quota, the predict function holds 50.
+    aws.ready()
+    aws.function(PROD_FUNCTION, memory_mb=3538, reserved=50)
+    aws.deployed_stack("ResnetServingProd", {"FunctionName": PROD_FUNCTION})
+    before_batch = {"ConcurrentExecutions": 150, "UnreservedConcurrentExecutions": 100}
+    code, found, out = run(capsys, aws, "prod", model, account_limit=before_batch)
+    level, line = found["concurrency"]
+    assert level == "BLOCKER", out
+    assert "(predict 50 + batch 50; 50 already held)" in line
+    assert "--desired-value 200" in line
+    assert code == 1
+
+
+def test_deployed_batch_function_is_the_evidence_for_its_own_memory(
+    aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A redeploy of dev: the account already created the 3538 MB batch function, so the
+    # new-account memory limit is lifted (or never applied).
+    aws.ready()
+    aws.function(DEV_BATCH_FUNCTION, memory_mb=3538)
+    aws.deployed_stack("ResnetServingDev", {"BatchFunctionName": DEV_BATCH_FUNCTION})
+    code, found, _ = run(capsys, aws, "dev", model)
+    level, line = found["memory"]
+    assert level == "OK"
+    assert line.endswith(
+        f"predict 1769 MB, batch 3538 MB: the account already runs {DEV_BATCH_FUNCTION} "
+        "(this stage's function) at 3538 MB"
+    )
     assert code == 0
 
 
@@ -149,9 +212,8 @@ def test_memory_above_the_new_account_limit_without_evidence_is_a_warning(
     code, found, out = run(capsys, aws, "prod", model)
     level, line = found["memory"]
     assert level == "WARN"
-    assert "3538 MB" in line
-    assert "held to 3008 MB" in line
-    assert "memory_mb=3008" in line
+    assert "prod uses predict 3538 MB, batch 3538 MB; new accounts are held to 3008 MB" in line
+    assert "set memory_mb=3008 and batch_memory_mb=3008 for prod" in line
     assert code == 0  # a warning does not block
     assert "0 blockers, 1 warning" in out
 
