@@ -283,6 +283,9 @@ DEV = StageConfig(
     # Nothing reserved, so dev deploys on a new account's small concurrency quota; a run takes
     # at most 5 executions from the pool the predict function shares (docs/batch.md).
     batch_reserved_concurrency=None,
+    # The most a new account's function may have (3,008 MB until AWS raises it): dev deploys
+    # anywhere; about 1.7 vCPUs instead of prod's 2 (docs/batch.md).
+    batch_memory_mb=3008,
     batch_max_concurrency=5,
     batch_result_expiration_days=14,
 )

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from preflight_helpers import LAMBDA_TRUST, FakeAccount, FakeDocker, write_model
 
 from preflight.cli import main
+from stacks.config import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD_FUNCTION = "ResnetServingProd-PredictFunction-XYZ"
@@ -134,9 +136,14 @@ def test_dev_reserves_nothing_so_a_new_account_quota_is_fine(
 
 
 def test_dev_batch_function_memory_above_the_new_account_limit_is_a_warning(
-    aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
+    aws: FakeAccount,
+    docker: FakeDocker,
+    model: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The predict function (1769 MB) fits a new account; the batch function (3538 MB) does not.
+    # The predict function (1769 MB) fits a new account; a 3538 MB batch function does not.
+    monkeypatch.setitem(STAGES, "dev", replace(STAGES["dev"], batch_memory_mb=3538))
     aws.ready()
     new = {"ConcurrentExecutions": 10, "UnreservedConcurrentExecutions": 10}
     code, found, out = run(capsys, aws, "dev", model, account_limit=new)
@@ -188,10 +195,15 @@ def test_prod_redeploy_that_adds_the_batch_reservation_needs_its_50_more(
 
 
 def test_deployed_batch_function_is_the_evidence_for_its_own_memory(
-    aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
+    aws: FakeAccount,
+    docker: FakeDocker,
+    model: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A redeploy of dev: the account already created the 3538 MB batch function, so the
-    # new-account memory limit is lifted (or never applied).
+    # A redeploy of a dev sized at 3538 MB: the account already created that batch function,
+    # so the new-account memory limit is lifted (or never applied).
+    monkeypatch.setitem(STAGES, "dev", replace(STAGES["dev"], batch_memory_mb=3538))
     aws.ready()
     aws.function(DEV_BATCH_FUNCTION, memory_mb=3538)
     aws.deployed_stack("ResnetServingDev", {"BatchFunctionName": DEV_BATCH_FUNCTION})
@@ -202,6 +214,18 @@ def test_deployed_batch_function_is_the_evidence_for_its_own_memory(
         f"predict 1769 MB, batch 3538 MB: the account already runs {DEV_BATCH_FUNCTION} "
         "(this stage's function) at 3538 MB"
     )
+    assert code == 0
+
+
+def test_dev_as_shipped_fits_a_new_account(
+    aws: FakeAccount, docker: FakeDocker, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue #9: the first deploy of dev in a new account (quota 10, 3,008 MB) must not fail.
+    aws.ready()
+    new = {"ConcurrentExecutions": 10, "UnreservedConcurrentExecutions": 10}
+    code, found, out = run(capsys, aws, "dev", model, account_limit=new)
+    assert found["memory"][0] == "OK", out
+    assert found["concurrency"][0] == "OK", out
     assert code == 0
 
 
