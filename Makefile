@@ -14,7 +14,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 REQS := requirements.txt requirements-dev.txt lambda_src/requirements.txt model_export/requirements.txt
 
-.PHONY: help install demo serve test lint format model synth templates image-check bench cost events deploy diff destroy clean
+.PHONY: help install demo serve test lint format model synth templates image-check bench cost events deploy diff destroy clean loadtest soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,12 @@ bench: install ## Benchmarks: tables, bench/results/*.json and a plot
 
 cost: install ## Monthly cost model: on-demand vs provisioned concurrency
 	$(PY) -m bench.cost
+
+loadtest: install $(MODEL_DIR)/manifest.json ## Load profiles, faults and a soak; JSON, plot, docs/reliability.md (ARGS="--outputs-file cdk-outputs-dev.json ..." for a stage)
+	$(PY) -m reliability.loadtest --model-dir $(MODEL_DIR) $(if $(ARGS),$(ARGS),--write-docs)
+
+soak: install $(MODEL_DIR)/manifest.json ## Long soak: 20,000 requests through one environment (REQUESTS=N)
+	$(PY) -m reliability.soak --model-dir $(MODEL_DIR) --requests $(or $(REQUESTS),20000)
 
 deploy: install $(MODEL_DIR)/manifest.json ## Deploy STAGE (dev|prod) to the current AWS account
 	npx cdk deploy -c stage=$(STAGE) -c model_dir=$(MODEL_DIR) --outputs-file cdk-outputs-$(STAGE).json

@@ -343,19 +343,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result = profile_result(name, records, platform, settings)
             results["profiles"][name] = result
             print_profile(result)
-    if not deployed and args.faults:
-        from .faults import fault_lab, run_all
+    if deployed or not (args.faults or args.soak_requests):
+        return results
+    from local_mode.console import stdout_to_file
 
-        print("Fault scenarios (local) ...")
-        other = (args.model_dir / "model.onnx").read_bytes()[:-1] + b"\0"
-        with fault_lab(args.model_dir, reference, photos) as lab:
-            outcomes = run_all(lab, other, print)
-        results["faults"] = [o.to_json() for o in outcomes]
-    if not deployed and args.soak_requests:
-        from .soak import run_soak
+    from .faults import fault_lab, run_all
+    from .soak import run_soak
 
-        print(f"Soak: {args.soak_requests:,} requests through one environment ...")
-        results["soak"] = run_soak(args.model_dir, reference, photos, args.soak_requests, log=print)
+    function_log = RESULTS_DIR.parent.parent / "build" / "local" / "loadtest-function.log"
+    # The environments inherit stdout: their logs go to a file, progress to the terminal.
+    with stdout_to_file(function_log) as terminal:
+
+        def say(message: str) -> None:
+            print(message, file=terminal, flush=True)
+
+        if args.faults:
+            say(f"Fault scenarios (local; the function's log: {function_log}) ...")
+            other = (args.model_dir / "model.onnx").read_bytes()[:-1] + b"\0"
+            with fault_lab(args.model_dir, reference, photos) as lab:
+                outcomes = run_all(lab, other, say)
+            results["faults"] = [o.to_json() for o in outcomes]
+        if args.soak_requests:
+            say(f"Soak: {args.soak_requests:,} requests through one environment ...")
+            results["soak"] = run_soak(
+                args.model_dir, reference, photos, args.soak_requests, log=say
+            )
     return results
 
 

@@ -167,9 +167,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.model_dir / "manifest.json").is_file():
         print(f"error: no model in {args.model_dir}; run `make model` first")
         return 2
+    from local_mode.console import stdout_to_file
+
     photos = photos_for_load()
     reference = load_reference(args.model_dir, photos)
-    result = run_soak(args.model_dir, reference, photos, args.requests, log=print)
+    function_log = Path(__file__).resolve().parents[1] / "build" / "local" / "soak-function.log"
+    print(f"Soak: {args.requests:,} requests; the function's log: {function_log}")
+    with stdout_to_file(function_log) as terminal:
+        result = run_soak(
+            args.model_dir,
+            reference,
+            photos,
+            args.requests,
+            log=lambda m: print(m, file=terminal, flush=True),
+        )
     memory, summary = result["memory"], result["summary"]
     print(
         f"soak: {args.requests:,} requests, {summary['wrong_answers']} wrong, "

@@ -359,3 +359,13 @@ def test_close_stops_every_runtime_process(tmp_path, code_dir):
     processes = [e.process for e in pool.environments()]
     pool.close()
     assert all(p is not None and p.poll() is not None for p in processes)
+
+
+def test_retiring_idle_environments_starts_the_next_request_in_a_fresh_tmp(pool_factory):
+    pool, _ = pool_factory(limit=1)
+    first = call(pool)
+    assert pool.retire_idle() == 1
+    second = call(pool)
+    assert second["tmp"] != first["tmp"]
+    assert second["pid"] != first["pid"]
+    assert pool.stats.cold_starts == 2
