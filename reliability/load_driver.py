@@ -32,7 +32,14 @@ from locust.env import Environment  # noqa: E402
 from reliability.reference import Reference  # noqa: E402
 
 CONFIG: dict[str, Any] = {}
-STATE: dict[str, Any] = {"records": [], "started": 0.0, "rate": None, "users": 0}
+STATE: dict[str, Any] = {
+    "records": [],
+    "started": 0.0,
+    "rate": None,
+    "users": 0,
+    "in_flight": 0,
+    "stopping": False,
+}
 
 # Requests that must be refused with a 4xx JSON error, and their share of the traffic.
 INVALID_KINDS = ("not_an_image", "truncated", "bad_top_k", "bad_json", "no_api_key", "no_route")
@@ -54,6 +61,11 @@ class ProfileShape(LoadTestShape):
                 STATE["rate"] = stage.get("rate")
                 STATE["users"] = stage["users"]
                 return stage["users"], 100.0
+        # The profile is over: no new request, but those in flight (a cold start can take
+        # seconds) finish and are recorded before the clients stop.
+        STATE["stopping"] = True
+        if STATE["in_flight"] and elapsed < _stages()[-1]["until"] + CONFIG.get("timeout_s", 60):
+            return STATE["users"], 100.0
         return None
 
 
@@ -79,6 +91,16 @@ class Classifier(User):
 
     @task
     def one_request(self) -> None:
+        if STATE["stopping"]:
+            gevent.sleep(0.05)
+            return
+        STATE["in_flight"] += 1
+        try:
+            self._one_request()
+        finally:
+            STATE["in_flight"] -= 1
+
+    def _one_request(self) -> None:
         self._last_start = time.perf_counter()
         kind = self.schedule[self.sent % len(self.schedule)]
         self.sent += 1
@@ -197,12 +219,33 @@ def main(argv: list[str]) -> int:
     CONFIG.update(json.loads(Path(argv[1]).read_text()))
     REF = Reference.from_json(CONFIG["reference"])
     PHOTO_BYTES = {p["name"]: Path(p["path"]).read_bytes() for p in CONFIG["photos"]}
-    env = Environment(user_classes=[Classifier], shape_class=ProfileShape(), events=events)
+    # stop_timeout: a client removed when a stage lowers the user count finishes its request
+    # first (Locust would otherwise kill it mid-request and the answer would be lost).
+    env = Environment(
+        user_classes=[Classifier],
+        shape_class=ProfileShape(),
+        events=events,
+        stop_timeout=CONFIG.get("timeout_s", 60),
+    )
     runner = env.create_local_runner()
     STATE["started"] = time.perf_counter()
     runner.start_shape()
     gevent.spawn_later(CONFIG["max_seconds"], runner.quit)
     runner.greenlet.join()
+    # Requests still running when the hard time bound hit: reported, never silently lost.
+    for _ in range(STATE["in_flight"]):
+        STATE["records"].append(
+            {
+                "t": CONFIG["max_seconds"],
+                "ms": None,
+                "kind": "unknown",
+                "valid": True,
+                "status": None,
+                "outcome": "unfinished",
+                "request_id": None,
+                "users": STATE["users"],
+            }
+        )
     with Path(CONFIG["records_out"]).open("w") as out:
         for record in STATE["records"]:
             out.write(json.dumps(record) + "\n")

@@ -116,7 +116,7 @@ def run_driver(
     workdir: Path,
 ) -> list[dict[str, Any]]:
     stages = profile_stages(profile, settings)
-    max_seconds = stages[-1]["until"] + 5
+    max_seconds = stages[-1]["until"] + settings.timeout_s + 5  # room for requests in flight
     records_out = workdir / f"{profile}.requests.jsonl"
     config = {
         "endpoint": endpoint,

@@ -77,7 +77,7 @@ def markdown(results: dict[str, Any], source: str) -> str:
     add("")
     add(
         "| profile | requests (valid / invalid) | req/s | p50 ms | p95 ms | p99 ms | wrong "
-        "| 5xx | dropped | invalid → 4xx JSON | error rate | cold starts |"
+        "| 5xx | dropped or unfinished | invalid → 4xx JSON | error rate | cold starts |"
     )
     add("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, p in results["profiles"].items():
@@ -87,7 +87,8 @@ def markdown(results: dict[str, Any], source: str) -> str:
             f"| {name} | {s['requests']:,} ({s['valid']:,} / {s['invalid']:,}) "
             f"| {s['throughput_rps']:.1f} | {_ms(lat['p50'])} | {_ms(lat['p95'])} "
             f"| {_ms(lat['p99'])} | {s['wrong_answers']} | {_counts(s['five_xx'])} "
-            f"| {s['dropped']} | {s['rejected_as_expected']:,} of {s['invalid']:,} "
+            f"| {s['dropped'] + s.get('unfinished', 0)} "
+            f"| {s['rejected_as_expected']:,} of {s['invalid']:,} "
             f"| {100 * s['error_rate']:.1f} % | {cold} |"
         )
     add("")
@@ -100,19 +101,24 @@ def markdown(results: dict[str, Any], source: str) -> str:
         add("")
         add("### Ramp: finding the knee")
         add("")
-        add("| clients (back to back) | requests | req/s | p50 ms | p99 ms | 5xx |")
-        add("|---|---|---|---|---|---|")
+        add(
+            "| clients (back to back) | requests | req/s answered | req/s wanted answers "
+            "| p50 ms | p99 ms | 5xx |"
+        )
+        add("|---|---|---|---|---|---|---|")
         for step in ramp["steps"]:
             add(
                 f"| {step['users']} | {step['requests']:,} | {step['throughput_rps']:.1f} "
+                f"| {step.get('goodput_rps', step['throughput_rps']):.1f} "
                 f"| {_ms(step['p50_ms'])} | {_ms(step['p99_ms'])} | {step['five_xx']} |"
             )
         k = ramp.get("knee")
         if k:
             add("")
             add(
-                f"Knee: **{k['users']} clients, {k['throughput_rps']:.1f} req/s** (the last step "
-                "that still added more than 10 % throughput)."
+                f"Knee: **{k['users']} clients, {k.get('goodput_rps', 0):.1f} wanted answers/s** "
+                "(the last step that still added more than 10 %; a wanted answer is a right 200 "
+                "or an invalid request refused with a 4xx, so fast throttled 500s do not count)."
             )
     spike = results["profiles"].get("spike")
     if spike:

@@ -23,7 +23,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def latency(records: list[Record]) -> dict[str, float | None]:
-    answered = [r["ms"] for r in records if r["status"] is not None]
+    answered = [r["ms"] for r in records if r["status"] is not None and r["ms"] is not None]
     return {f"p{q}": percentile(answered, q) for q in (50, 95, 99)} | {
         "max": round(max(answered), 3) if answered else None
     }
@@ -33,7 +33,7 @@ def span_s(records: list[Record]) -> float:
     if not records:
         return 0.0
     start = min(r["t"] for r in records)
-    end = max(r["t"] + r["ms"] / 1000 for r in records)
+    end = max(r["t"] + (r["ms"] or 0) / 1000 for r in records)
     return max(end - start, 1e-9)
 
 
@@ -52,6 +52,12 @@ def summarize(records: list[Record], cold_ids: set[str] | None = None) -> dict[s
         "throughput_rps": round(sum(r["status"] is not None for r in records) / duration, 2)
         if records
         else 0.0,
+        # Answers that were what the client wanted: right 200s and invalid requests refused.
+        "goodput_rps": round(
+            (outcomes.get("ok", 0) + outcomes.get("rejected_as_expected", 0)) / duration, 2
+        )
+        if records
+        else 0.0,
         "latency_ms": latency(records),
         "latency_ok_ms": latency([r for r in records if r["outcome"] == "ok"]),
         "outcomes": dict(sorted(outcomes.items())),
@@ -61,6 +67,7 @@ def summarize(records: list[Record], cold_ids: set[str] | None = None) -> dict[s
         "accepted_invalid": outcomes.get("accepted_invalid", 0),
         "non_json_4xx": outcomes.get("non_json_4xx", 0),
         "dropped": outcomes.get("dropped", 0),
+        "unfinished": outcomes.get("unfinished", 0),
         "five_xx": dict(sorted(five_xx.items())),
         "five_xx_total": sum(five_xx.values()),
         "five_xx_valid": sum(1 for r in valid if str(r["outcome"]).isdigit()),
@@ -90,6 +97,7 @@ def by_users(records: list[Record]) -> list[dict[str, Any]]:
                 "users": users,
                 "requests": s["requests"],
                 "throughput_rps": s["throughput_rps"],
+                "goodput_rps": s["goodput_rps"],
                 "p50_ms": s["latency_ms"]["p50"],
                 "p99_ms": s["latency_ms"]["p99"],
                 "five_xx": s["five_xx_total"],
@@ -100,13 +108,14 @@ def by_users(records: list[Record]) -> list[dict[str, Any]]:
 
 
 def knee(steps: list[dict[str, Any]], gain: float = 0.10) -> dict[str, Any] | None:
-    """The last step whose throughput still grew by more than `gain` over the one before: past
-    it, more clients add latency (and errors), not throughput."""
+    """The last step whose goodput (wanted answers per second: throttled requests come back
+    fast and would inflate plain throughput) still grew by more than `gain` over the one
+    before: past it, more clients add latency and errors, not answers."""
     if not steps:
         return None
     best = steps[0]
     for previous, current in itertools.pairwise(steps):
-        if current["throughput_rps"] > previous["throughput_rps"] * (1 + gain):
+        if current["goodput_rps"] > previous["goodput_rps"] * (1 + gain):
             best = current
         else:
             break
@@ -124,7 +133,7 @@ def per_second(records: list[Record]) -> list[dict[str, Any]]:
         {
             "second": second,
             "responses": sum(r["status"] is not None for r in rs),
-            "p99_ms": percentile([r["ms"] for r in rs if r["status"] is not None], 99),
+            "p99_ms": percentile([r["ms"] for r in rs if r["ms"] is not None], 99),
             "errors": sum(r["outcome"] not in ("ok", "rejected_as_expected") for r in rs),
             "users": max(r["users"] for r in rs),
         }

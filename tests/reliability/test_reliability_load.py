@@ -58,6 +58,7 @@ def test_steady_load_has_no_5xx_no_dropped_connection_and_no_wrong_answer(
     assert s["invalid"] > 5
     assert s["five_xx_total"] == 0, s["five_xx"]
     assert s["dropped"] == 0
+    assert s["unfinished"] == 0  # every request ended with an answer within the bounds
     assert s["wrong_answers"] == 0
     assert s["right_answers"] == s["valid"]  # every valid request: a right 200
     assert s["rejected_as_expected"] == s["invalid"]  # every invalid one: a 4xx JSON error
