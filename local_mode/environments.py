@@ -436,14 +436,18 @@ class EnvironmentPool:
         with self._lock:
             return list(self._environments)
 
-    def kill(self, env_id: str, sig: int = signal.SIGKILL) -> bool:
+    def kill(self, env_id: str, sig: int = signal.SIGKILL, *, wait: bool = False) -> bool:
         """Kill an environment's runtime process (as an out-of-memory kill would); the request it
-        runs fails and the environment is reset. False if it had no running process."""
+        runs fails and the environment is reset. With `wait`, return once the process is gone
+        (an idle environment then runs INIT for its next request). False if it had none."""
         env = next((e for e in self.environments() if e.id == env_id), None)
-        if env is None or env.process is None or env.process.poll() is not None:
+        process = env.process if env is not None else None
+        if process is None or process.poll() is not None:
             return False
         with contextlib.suppress(ProcessLookupError):
-            os.kill(env.process.pid, sig)
+            os.kill(process.pid, sig)
+        if wait:
+            process.wait(timeout=SHUTDOWN_GRACE_S * 5)
         return True
 
     def retire_idle(self) -> int:

@@ -39,7 +39,7 @@ SLOW_S3_DELAY_S = 2.0
 class FaultOutcome:
     name: str
     injected: str  # how the fault was made
-    client_saw: dict[str, int]  # status -> requests, while the fault held
+    client_saw: dict[str, int]  # status -> requests, while the fault held and until right
     wrong_answers: int
     answers_checked: int  # 200s compared with the reference in this scenario
     recovered: bool
@@ -131,12 +131,14 @@ class FaultLab:
         if why is not None:
             self.wrong.append(f"{name}: {why}")
 
-    def until_right(self, since: float) -> tuple[float | None, int]:
-        """Send until a right 200 comes back: (seconds since `since`, requests sent)."""
+    def until_right(self, since: float, saw: Counter[str]) -> tuple[float | None, int]:
+        """Send until a right 200 comes back, counting every status in `saw`:
+        (seconds since `since`, requests sent)."""
         sent = 0
         while time.monotonic() - since < RECOVERY_BUDGET_S:
             wrong_before = len(self.wrong)
             status = self.predict()
+            saw[str(status)] += 1
             sent += 1
             if status == 200 and len(self.wrong) == wrong_before:
                 return time.monotonic() - since, sent
@@ -145,7 +147,7 @@ class FaultLab:
 
     def warm(self) -> Environment:
         """One initialized environment, answering right."""
-        recovery, _ = self.until_right(time.monotonic())
+        recovery, _ = self.until_right(time.monotonic(), Counter())
         if recovery is None:
             raise RuntimeError("the endpoint does not answer right even without a fault")
         return next(e for e in self.pool.environments() if e.ready)
@@ -174,7 +176,7 @@ class FaultLab:
             stop()
         ended = time.monotonic()
         failed = any(status != "200" for status in saw)
-        recovery, sent = self.until_right(ended)
+        recovery, sent = self.until_right(ended, saw)
         return FaultOutcome(
             name=name,
             injected=injected,
@@ -273,10 +275,11 @@ class FaultLab:
         cold0, s3_0 = self.pool.stats.cold_starts, self.proxy.requests
         damage()
         saw = Counter(str(self.predict()) for _ in range(2))  # warm: the model is in memory
-        self.pool.kill(env.id)  # reset: the next request runs INIT over the damaged /tmp
+        # The runtime restarts (a reset, not a crash under a request): the next request runs
+        # INIT over the damaged /tmp.
+        self.pool.kill(env.id, wait=True)
         ended = time.monotonic()
-        recovery, sent = self.until_right(ended)
-        saw.update(["200"] if recovery is not None else [])
+        recovery, sent = self.until_right(ended, saw)
         intact = cached.is_file() and (
             hashlib.sha256(cached.read_bytes()).hexdigest() == self.reference.model_sha256
         )
@@ -311,8 +314,8 @@ class FaultLab:
         response = self.predict_batch()
         killed_at = time.monotonic()
         killer.join()
-        recovery, sent = self.until_right(killed_at)
         saw = Counter([str(response.status_code)])
+        recovery, sent = self.until_right(killed_at, saw)
         return FaultOutcome(
             name="environment killed mid-request",
             injected="SIGKILL to the environment's runtime while it runs a batch of 8",
