@@ -139,7 +139,8 @@ def markdown(results: dict[str, Any], source: str) -> str:
         add("### Faults")
         add("")
         add(
-            "| fault | injected | client saw | recovered after | requests until right "
+            "| fault | injected | client saw (while faulty, then until right) | recovered after "
+            "| requests until right "
             "| cold starts | S3 requests | wrong | note |"
         )
         add("|---|---|---|---|---|---|---|---|---|")
@@ -225,7 +226,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ramp = results["profiles"].get("ramp")
     if ramp:
         users = [s["users"] for s in ramp["steps"]]
-        ax.plot(users, [s["throughput_rps"] for s in ramp["steps"]], "o-", label="req/s")
+        ax.plot(users, [s["throughput_rps"] for s in ramp["steps"]], "o-", label="req/s answered")
+        ax.plot(
+            users,
+            [s.get("goodput_rps", s["throughput_rps"]) for s in ramp["steps"]],
+            "o-",
+            color="tab:green",
+            label="wanted answers/s",
+        )
         ax.set_xlabel("clients, back to back")
         ax.set_ylabel("requests/s")
         twin = ax.twinx()
