@@ -66,6 +66,7 @@ class ProfileShape(LoadTestShape):
         STATE["stopping"] = True
         if STATE["in_flight"] and elapsed < _stages()[-1]["until"] + CONFIG.get("timeout_s", 60):
             return STATE["users"], 100.0
+        STATE["finished"] = True
         return None
 
 
@@ -144,7 +145,7 @@ class Classifier(User):
             record["detail"] = error or why
         STATE["records"].append(record)
         if len(STATE["records"]) >= CONFIG["max_requests"]:
-            self.environment.runner.quit()
+            STATE["stopping"] = STATE["finished"] = True  # the request bound: main() quits
 
     def _build(self, kind: str) -> tuple[str, str, dict[str, str], bytes | None, list[str]]:
         key = {"x-api-key": CONFIG["api_key"]}
@@ -230,8 +231,13 @@ def main(argv: list[str]) -> int:
     runner = env.create_local_runner()
     STATE["started"] = time.perf_counter()
     runner.start_shape()
-    gevent.spawn_later(CONFIG["max_seconds"], runner.quit)
-    runner.greenlet.join()
+    # Until the profile has ended (and its requests in flight), the request bound quit the
+    # runner, or the hard time bound: whichever comes first.
+    deadline = time.monotonic() + CONFIG["max_seconds"]
+    while not STATE.get("finished") and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    runner.quit()
+    runner.greenlet.join(timeout=CONFIG.get("timeout_s", 60))
     # Requests still running when the hard time bound hit: reported, never silently lost.
     for _ in range(STATE["in_flight"]):
         STATE["records"].append(
