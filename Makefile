@@ -25,7 +25,7 @@ NO_MODEL := -c without_model=true
 
 REQS := requirements.txt requirements-dev.txt lambda_src/requirements.txt model_export/requirements.txt
 
-.PHONY: help install demo serve test lint format model synth templates image-check bench cost events bootstrap preflight deploy diff destroy clean batch-demo batch
+.PHONY: help install demo serve test lint format model synth templates image-check bench cost events bootstrap preflight deploy diff destroy clean batch-demo batch loadtest soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,12 @@ bench: install ## Benchmarks: tables, bench/results/*.json and a plot
 
 cost: install ## Monthly cost model: on-demand vs provisioned concurrency
 	$(PY) -m bench.cost
+
+loadtest: install $(MODEL_DIR)/manifest.json ## Load profiles, faults and a soak; JSON, plot, docs/reliability.md (ARGS="--outputs-file cdk-outputs-dev.json ..." for a stage)
+	$(PY) -m reliability.loadtest --model-dir $(MODEL_DIR) $(if $(ARGS),$(ARGS),--write-docs)
+
+soak: install $(MODEL_DIR)/manifest.json ## Long soak: 20,000 requests through one environment (REQUESTS=N)
+	$(PY) -m reliability.soak --model-dir $(MODEL_DIR) --requests $(or $(REQUESTS),20000)
 
 bootstrap: install ## Once per account/region: CDK bootstrap + API Gateway's logging role (no model needed)
 	npx cdk bootstrap $(NO_MODEL)

@@ -116,10 +116,16 @@ def describe_endpoint(ep: LocalEndpoint, say: Console, function_log: Path) -> No
     say(f"    binary media types {', '.join(spec.binary_media_types)}")
     if spec.throttle_rate_rps:
         say(f"    usage plan: {spec.throttle_rate_rps:g} requests/s, burst {spec.throttle_burst}")
+    where = (
+        "in this process"
+        if ep.concurrency is None
+        else f"in execution environments (processes), {ep.concurrency.describe()}"
+    )
     say(
-        f"  Lambda function          lambda_src/handler.py, in this process, {spec.memory_mb} MB, "
+        f"  Lambda function          lambda_src/handler.py, {spec.memory_mb} MB, "
         f"{spec.timeout_s} s timeout"
     )
+    say(f"    runs {where}")
     say(f"    environment from the template ({', '.join(sorted(spec.environment))})")
     say("    plus MODEL_BUCKET/KEY/SHA256 and AWS_ENDPOINT_URL_S3 for the local S3")
     say(f"    its logs and EMF metrics (CloudWatch's stand-in): {_rel(function_log)}")

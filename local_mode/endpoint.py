@@ -6,7 +6,8 @@
 The model reaches the local bucket through model_export.publish, exactly as a deploy publishes
 it (content-addressed key, verified after upload). The function gets the stack's environment
 from the synthesized template, with only the model location, the S3 endpoint and the cache
-directory replaced by local values.
+directory replaced by local values. It runs in execution environments of its own (processes,
+see environments.py) within the stage's concurrency, or with `in_process=True` in this process.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .apispec import ApiSpec, TemplateError, load_spec
+from .apispec import ApiSpec, TemplateError, load_spec, template_path
+from .environments import (
+    Concurrency,
+    EnvironmentPool,
+    PlatformEvent,
+    concurrency_from_template,
+    stdout_platform_log,
+)
 from .gateway import (
     LAMBDA_SRC,
     AccessRecord,
@@ -43,8 +51,16 @@ class LocalEndpoint:
     model_bucket: str
     model_key: str
     model_sha256: str
-    runtime: FunctionRuntime
+    runtime: FunctionRuntime | EnvironmentPool
     running: RunningGateway
+    concurrency: Concurrency | None = None  # None when the function runs in this process
+
+    @property
+    def pool(self) -> EnvironmentPool:
+        """The execution environments (raises in in-process mode, which has none)."""
+        if not isinstance(self.runtime, EnvironmentPool):
+            raise TypeError("this endpoint runs the function in-process (in_process=True)")
+        return self.runtime
 
 
 def function_environment(
@@ -85,6 +101,12 @@ def read_manifest(model_dir: Path) -> dict[str, object]:
     return json.loads((model_dir / "manifest.json").read_text())
 
 
+def stage_concurrency(template: Path | None, spec: ApiSpec) -> Concurrency:
+    """The concurrency the stage's template gives the function (see environments.py)."""
+    path = template or template_path(spec.stack)
+    return concurrency_from_template(json.loads(path.read_text()), spec.function_logical_id)
+
+
 @contextmanager
 def local_endpoint(
     model_dir: Path,
@@ -96,14 +118,26 @@ def local_endpoint(
     on_access: Callable[[AccessRecord], None] | None = None,
     on_function_error: Callable[[str, BaseException], None] | None = None,
     log: Log | None = None,
+    in_process: bool = False,
+    concurrency: Concurrency | None = None,
+    on_platform_event: Callable[[PlatformEvent], None] | None = stdout_platform_log,
+    fault_injection: bool = False,
+    s3: LocalS3 | None = None,
+    function_s3_endpoint: str | None = None,
 ) -> Iterator[LocalEndpoint]:
-    """Start everything on 127.0.0.1; stop everything (servers, threads, temp files) on exit."""
+    """Start everything on 127.0.0.1; stop everything (servers, processes, temp files) on exit.
+
+    `concurrency` defaults to the stage's (stage_concurrency); `s3` reuses a running S3 server,
+    and `function_s3_endpoint` points the function (not the publishing) elsewhere, e.g. at a
+    fault-injecting proxy in front of it.
+    """
     import model_export
 
     spec = load_spec(template)
     quiet: Log = log or (lambda _msg: None)
     with ExitStack() as stack:
-        s3 = stack.enter_context(local_s3())
+        if s3 is None:
+            s3 = stack.enter_context(local_s3())
         # model_export.publish uses boto3's default chain, as in a deploy; point it here.
         previous = apply_env(s3.client_env())
         stack.callback(restore_env, previous)
@@ -111,15 +145,36 @@ def local_endpoint(
         sha256 = str(read_manifest(model_dir)["sha256"])
         cache_dir = Path(tempfile.mkdtemp(prefix="local-model-cache-"))
         stack.callback(shutil.rmtree, cache_dir, True)
-        runtime = FunctionRuntime(
-            environment=function_environment(
-                spec, s3, bucket=bucket, key=key, sha256=sha256, cache_dir=cache_dir
-            ),
-            function_name=f"{spec.stack}-{spec.function_logical_id}",
-            memory_mb=spec.memory_mb,
-            timeout_s=spec.timeout_s,
-            handler=image_handler(),
+        environment = function_environment(
+            spec, s3, bucket=bucket, key=key, sha256=sha256, cache_dir=cache_dir
         )
+        if function_s3_endpoint is not None:
+            environment["AWS_ENDPOINT_URL_S3"] = function_s3_endpoint
+        function_name = f"{spec.stack}-{spec.function_logical_id}"
+        runtime: FunctionRuntime | EnvironmentPool
+        if in_process:
+            runtime = FunctionRuntime(
+                environment=environment,
+                function_name=function_name,
+                memory_mb=spec.memory_mb,
+                timeout_s=spec.timeout_s,
+                handler=image_handler(),
+            )
+            concurrency = None
+        else:
+            concurrency = concurrency or stage_concurrency(template, spec)
+            runtime = EnvironmentPool(
+                environment=environment,
+                function_name=function_name,
+                memory_mb=spec.memory_mb,
+                timeout_s=spec.timeout_s,
+                concurrency=concurrency,
+                tmp_root=cache_dir,
+                handler=image_handler(),
+                on_platform_event=on_platform_event,
+                fault_injection=fault_injection,
+            )
+            runtime.start()
         stack.callback(runtime.close)
         key_value = api_key or secrets.token_urlsafe(30)
         gateway = LocalGateway(
@@ -141,4 +196,5 @@ def local_endpoint(
             model_sha256=sha256,
             runtime=runtime,
             running=running,
+            concurrency=concurrency,
         )

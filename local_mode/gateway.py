@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .apispec import ApiSpec, Route
@@ -149,6 +149,12 @@ class FunctionRuntime:
         if self._previous_env is not None:
             restore_env(self._previous_env)
             self._previous_env = None
+
+
+class FunctionInvoker(Protocol):
+    """What the gateway invokes: FunctionRuntime here, or environments.EnvironmentPool."""
+
+    def invoke(self, event: dict[str, Any], request_id: str) -> Any: ...
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -344,6 +350,15 @@ TIMED_OUT = GatewayFailure(
 )
 
 
+class IntegrationFailure(Exception):
+    """Raised by a function invoker when Lambda itself rejects the invoke (no function ran, e.g.
+    throttled); API Gateway then answers with `failure` instead of its function-error 502."""
+
+    def __init__(self, failure: GatewayFailure, reason: str) -> None:
+        super().__init__(reason)
+        self.failure = failure
+
+
 @dataclass
 class Outcome:
     """What the gateway answers for one request, and what its access log would record."""
@@ -472,7 +487,7 @@ class LocalGateway:
     def __init__(
         self,
         spec: ApiSpec,
-        runtime: FunctionRuntime,
+        runtime: FunctionInvoker,
         api_key: str,
         *,
         throttle: bool = True,
@@ -556,6 +571,11 @@ class LocalGateway:
         start = time.perf_counter()
         try:
             result = self.runtime.invoke(event, request_id)
+        except IntegrationFailure as exc:
+            latency_ms = (time.perf_counter() - start) * 1000
+            return gateway_error(
+                exc.failure, event=event, integration_latency_ms=latency_ms, **known
+            )
         except Exception as exc:  # any function failure is a 502, as in AWS
             if self.on_function_error:
                 self.on_function_error(request_id, exc)

@@ -23,7 +23,8 @@ from .demo import (
     ensure_model,
     run_cli,
 )
-from .endpoint import local_endpoint
+from .endpoint import local_endpoint, stage_concurrency
+from .environments import Concurrency, ConcurrencyError
 from .gateway import AccessRecord, render_access_log
 
 DEFAULT_PORT = 3000  # what `sam local start-api` uses; pass --port 0 for any free port
@@ -68,12 +69,66 @@ def _parser() -> argparse.ArgumentParser:
         "removed on exit)",
     )
     p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=None,
+        help="execution environments that may run at once (default: the stage's reserved "
+        "concurrency; a stage without one gets 10, a new account's quota)",
+    )
+    p.add_argument(
+        "--provisioned",
+        type=_not_negative,
+        default=None,
+        help="environments initialized at start (default: the stage's provisioned concurrency)",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the handler in this process instead (one environment, no concurrency model)",
+    )
+    p.add_argument(
         "--ready-file",
         type=Path,
         default=None,
         help="when ready, write {endpoint, api_key, s3_endpoint} as JSON here (for scripts)",
     )
     return p
+
+
+def _positive(text: str) -> int:
+    value = _not_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def concurrency_for(args: argparse.Namespace) -> Concurrency | None:
+    """The stage's concurrency with --concurrency / --provisioned applied; None in-process."""
+    if args.in_process:
+        return None
+    stage = stage_concurrency(args.template, load_spec(args.template))
+    limit = args.concurrency if args.concurrency is not None else stage.limit
+    provisioned = args.provisioned if args.provisioned is not None else stage.provisioned
+    if args.concurrency is None and args.provisioned is None:
+        return stage
+    flags = " ".join(
+        f"--{name} {value}"
+        for name, value in (("concurrency", args.concurrency), ("provisioned", args.provisioned))
+        if value is not None
+    )
+    return Concurrency(
+        limit=limit, provisioned=provisioned, source=f"{flags}; stage: {stage.source}"
+    )
 
 
 @contextlib.contextmanager
@@ -93,6 +148,7 @@ def _write_atomically(path: Path, data: object) -> None:
 
 def run(args: argparse.Namespace, say: Console) -> int:
     log_format = None if args.short_access_log else load_spec(args.template).access_log_format
+    concurrency = concurrency_for(args)
     manifest = ensure_model(args.model_dir, args.weights, False, say)
     describe_weights(manifest, say)
 
@@ -113,12 +169,17 @@ def run(args: argparse.Namespace, say: Console) -> int:
             port=args.port,
             throttle=not args.no_throttle,
             on_access=access,
+            in_process=args.in_process,
+            concurrency=concurrency,
         ) as ep,
     ):
         say.stream = terminal
         say()
         describe_endpoint(ep, say, args.function_log or Path("/dev/stdout"))
         say()
+        if ep.concurrency is not None:
+            say(f"  Execution environments   {ep.concurrency.describe()}")
+            say()
         say(f"Endpoint  {ep.endpoint}")
         say(f"API key   {ep.api_key}")
         say()
@@ -129,7 +190,10 @@ def run(args: argparse.Namespace, say: Console) -> int:
         say(f"  CLASSIFIER_ENDPOINT={ep.endpoint} CLASSIFIER_API_KEY={ep.api_key} \\")
         say("       .venv/bin/python -m classifier_client photo.jpg some/directory/")
         say()
-        say("The first request is the cold start (model download + ONNX session). Ctrl-C stops.")
+        say(
+            "A request to an environment not yet initialized is a cold start (model download + "
+            "ONNX session). Ctrl-C stops."
+        )
         outputs = {
             LOCAL_STACK: {
                 "EndpointUrl": ep.endpoint,
@@ -167,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupted="Stopped: gateway, S3 server and function shut down.",
             interrupted_code=0,
         )
+    except ConcurrencyError as exc:  # conflicting flags: one line, no traceback
+        say.stream = sys.stdout
+        say(f"error: {exc}")
+        return 2
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
