@@ -5,18 +5,19 @@
 Each target runs in its own process (``python -m fuzz.target NAME``) over a corpus kept in
 OUT/corpus/NAME (grown run after run) and seeds regenerated in OUT/seeds/NAME. A finding stops
 its target (libFuzzer's way) and is saved as OUT/NAME/{crash,timeout,oom}-<sha1>; the full log
-is OUT/NAME/fuzz.log. Exit status: 0 if nothing was found, 1 on a finding, 2 if a target could
-not run.
+is OUT/NAME/fuzz.log, the figures OUT/summary.json. Exit status: 0 if nothing was found, 1 on
+a finding, 2 if a target could not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fuzz import seeds
@@ -29,7 +30,7 @@ TARGETS = ("image", "event")
 MAX_LEN = 64 * 1024
 
 
-@dataclass
+@dataclasses.dataclass
 class Result:
     target: str
     executions: int = 0
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuzzing {target} for up to {args.seconds} s ...", flush=True)
         results.append(run_target(target, args.out.resolve(), args.seconds, args.runs))
     print(table(results))
+    summary = {"seconds_per_target": args.seconds, "runs_per_target": args.runs,
+               "targets": [dataclasses.asdict(r) for r in results]}  # fmt: skip
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if any(r.error for r in results):
         return 2
     return 1 if any(r.finding for r in results) else 0
