@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +39,8 @@ class Result:
     features: int = 0  # libFuzzer "ft"
     corpus: int = 0
     seconds: float = 0.0
+    costliest_cpu_s: float = 0.0  # the most CPU any one input took
+    costliest_memory_mib: float = 0.0  # the most peak-RSS growth any one input caused
     finding: str | None = None  # "crash: <first line>", "timeout", "oom"
     artifact: str | None = None
     error: str | None = None  # the target did not run
@@ -81,32 +84,61 @@ def run_target(
         *([f"-runs={runs}"] if runs is not None else []),
         str(corpus), str(seed_dir),
     ]  # fmt: skip
+    costliest = artifacts / "costliest.json"
+    costliest.unlink(missing_ok=True)
     started = time.monotonic()
     completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        command, cwd=ROOT, capture_output=True, text=True, errors="replace", check=False
+        command,
+        cwd=ROOT,
+        env={**os.environ, "FUZZ_COSTLIEST_FILE": str(costliest)},
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
     )
     elapsed = time.monotonic() - started
     log = completed.stdout + completed.stderr
     (artifacts / "fuzz.log").write_text(log)
-    return parse_log(target, log, completed.returncode, elapsed)
+    result = parse_log(target, log, completed.returncode, elapsed)
+    if costliest.exists():
+        worst = json.loads(costliest.read_text())
+        result.costliest_cpu_s, result.costliest_memory_mib = worst["cpu_s"], worst["memory_mib"]
+    return result
 
 
 def table(results: list[Result]) -> str:
-    header = ("target", "executions", "exec/s", "cov", "ft", "corpus", "seconds", "findings")
+    header = ("target", "executions", "exec/s", "cov", "ft", "corpus", "seconds",
+              "max CPU s", "max MiB", "findings")  # fmt: skip
     rows = [header]
     for r in results:
-        found = "error" if r.error else ("1" if r.finding else "0")
-        rate = r.executions / r.seconds if r.seconds else 0.0
-        rows.append((r.target, f"{r.executions:,}", f"{rate:,.0f}", str(r.coverage),
-                     str(r.features), str(r.corpus), f"{r.seconds:.0f}", found))  # fmt: skip
+        rows.append(
+            (
+                r.target,
+                f"{r.executions:,}",
+                f"{r.executions / r.seconds if r.seconds else 0.0:,.0f}",
+                str(r.coverage),
+                str(r.features),
+                str(r.corpus),
+                f"{r.seconds:.0f}",
+                f"{r.costliest_cpu_s:.3f}",
+                f"{r.costliest_memory_mib:.0f}",
+                "error" if r.error else ("1" if r.finding else "0"),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     for r in results:
         if r.finding:
             lines.append(f"{r.target}: {r.finding}")
-            lines.append(f"  input: {r.artifact}; replay: python -m fuzz.target {r.target} "
-                         f"{r.artifact}")  # fmt: skip
+            lines.append(
+                f"  input: {r.artifact}; replay: python -m fuzz.target {r.target} {r.artifact}"
+            )
         if r.error:
             lines.append(f"{r.target}: did not run ({r.error})")
     return "\n".join(lines)

@@ -55,6 +55,17 @@ SPEC = preprocess.IMAGENET
 NUM_CLASSES = 1000
 
 
+@dataclass
+class Costliest:
+    """The most any one input has cost in this process (make fuzz reports it)."""
+
+    cpu_s: float = 0.0
+    memory_mib: float = 0.0
+
+
+COSTLIEST = Costliest()
+
+
 class Finding(Exception):
     """An input the property fails on: a bug to fix, not a client error."""
 
@@ -104,6 +115,8 @@ def within(budget: Budget, what: str) -> Iterator[None]:
     yield
     cpu = time.process_time() - started
     grown_mib = (_status_kib("VmHWM") - before_kib) / 1024 if memory else 0.0
+    COSTLIEST.cpu_s = max(COSTLIEST.cpu_s, cpu)
+    COSTLIEST.memory_mib = max(COSTLIEST.memory_mib, grown_mib)
     if cpu > budget.cpu_s:
         raise Finding(f"over budget: {what} took {cpu:.2f} s of CPU (budget {budget.cpu_s} s)")
     if grown_mib > budget.memory_mib:

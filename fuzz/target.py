@@ -6,14 +6,20 @@ the mutations (Pillow's C decoders are not instrumented; its plugins' Python par
 ``-artifact_prefix``. The per-input budget is checked in the harness (properties.within); the
 libFuzzer flags below are a backstop for what never returns: ``-timeout`` (wall-clock) and
 ``-rss_limit_mb``. ``python -m fuzz`` runs every target with a time budget and prints a table;
-``python -m fuzz.target image build/fuzz/image/crash-...`` replays one input.
+``python -m fuzz.target image build/fuzz/image/crash-...`` replays one input. With
+``FUZZ_COSTLIEST_FILE`` set, the most CPU and memory any input took is kept in that JSON file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import sys
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 try:
     import atheris
@@ -44,6 +50,23 @@ def event_input_check(data: bytes) -> None:
         properties.check_event(event, expected)
 
 
+def recording_costliest(check: Callable[[bytes], None], path: Path) -> Callable[[bytes], None]:
+    """check, writing properties.COSTLIEST to path whenever it grows (rarely, after warm-up)."""
+    written: dict[str, float] = {}
+
+    def one_input(data: bytes) -> None:
+        try:
+            check(data)
+        finally:
+            now = dataclasses.asdict(properties.COSTLIEST)
+            now = {"cpu_s": round(now["cpu_s"], 3), "memory_mib": round(now["memory_mib"], 1)}
+            if now != written:
+                written.update(now)
+                path.write_text(json.dumps(now) + "\n")
+
+    return one_input
+
+
 def backstop_flags(budget: properties.Budget) -> list[str]:
     """libFuzzer's own limits, a little above the harness's so the harness reports first."""
     rss_mb = math.ceil(properties.current_rss_mib() + budget.memory_mib + 256)
@@ -54,10 +77,13 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in TARGETS:
         sys.exit(f"usage: python -m fuzz.target {{{'|'.join(TARGETS)}}} [libFuzzer flags]")
     name = argv[1]
-    one_input, budget = {
+    checks: dict[str, tuple[Callable[[bytes], None], properties.Budget]] = {
         "image": (image_input, properties.IMAGE_BUDGET),
         "event": (event_input_check, properties.EVENT_BUDGET),
-    }[name]
+    }
+    one_input, budget = checks[name]
+    if costliest := os.environ.get("FUZZ_COSTLIEST_FILE"):
+        one_input = recording_costliest(one_input, Path(costliest))
     given = {arg.split("=", 1)[0] for arg in argv[2:] if arg.startswith("-")}
     flags = [f for f in backstop_flags(budget) if f.split("=", 1)[0] not in given]
     # libFuzzer takes its flags from argv[0]'s position onwards; the target name is not one.

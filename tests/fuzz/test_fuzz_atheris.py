@@ -41,6 +41,7 @@ def test_each_target_runs_thousands_of_inputs_and_finds_nothing(tmp_path, capsys
         assert result["corpus"] >= 5, target
         assert (result["finding"], result["error"]) == (None, None), target
         assert not list((tmp_path / target).glob("crash-*")), target
+    assert summary["targets"][0]["costliest_cpu_s"] > 0  # decoding is measured, not skipped
     # Inputs that found new coverage are kept for the next run.
     assert len(list((tmp_path / "corpus" / "image").iterdir())) > 0
 
