@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -50,6 +51,12 @@ def _photo(mode: str = "RGB") -> Image.Image:
         return img.convert("RGB").resize(SEED_SIZE, Image.Resampling.LANCZOS).convert(mode)
 
 
+def _with_jpeg_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0) declaring another size; the data stays as it is."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[: sof + 5] + height.to_bytes(2) + width.to_bytes(2) + jpeg[sof + 9 :]
+
+
 def image_seeds() -> dict[str, bytes]:
     rgb = _photo()
     rgba = rgb.copy()
@@ -75,6 +82,11 @@ def image_seeds() -> dict[str, bytes]:
         "photo-lossless-rgba.webp": encode(rgba, "WEBP", lossless=True),
         "photo-animated.webp": encode(rgb, "WEBP", save_all=True, append_images=[flipped]),
         "photo-exif.webp": encode(rgb, "WEBP", exif=exif.tobytes()),
+        # At the limits: the costliest image admitted that fits the fuzzer's input size (40 MP,
+        # ~0.4 s and ~190 MiB), and headers declaring 36 MP over a few bytes.
+        "limit-40mp-gray.png": encode(Image.new("L", (6324, 6324), 90), "PNG", optimize=True),
+        "limit-claims-36mp.jpg": _with_jpeg_size(encode(rgb, "JPEG"), 6000, 6000),
+        "limit-claims-36mp.png": hostile.png_claiming(6000, 6000, zlib.compress(bytes(1000))),
         # The refused classes: the fuzzer mutates around each bound.
         "sliver.png": hostile.sliver_png(3000),
         "sliver.webp": hostile.sliver_webp(),
