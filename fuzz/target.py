@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import sys
 import warnings
 from collections.abc import Callable
@@ -68,8 +69,15 @@ def recording_costliest(check: Callable[[bytes], None], path: Path) -> Callable[
 
 
 def backstop_flags(budget: properties.Budget) -> list[str]:
-    """libFuzzer's own limits, a little above the harness's so the harness reports first."""
-    rss_mb = math.ceil(properties.current_rss_mib() + budget.memory_mib + 256)
+    """libFuzzer's own limits, a little above the harness's so the harness reports first.
+
+    libFuzzer checks getrusage's peak RSS, which a child inherits from its parent's peak at
+    fork (a pytest process that exported a model starts its children gigabytes "high"): the
+    limit is set above that peak, not above the current RSS. The harness's own check is exact.
+    """
+    inherited_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    start_mib = max(properties.current_rss_mib(), inherited_mib)
+    rss_mb = math.ceil(start_mib + budget.memory_mib + 256)
     return [f"-timeout={math.ceil(budget.cpu_s * 5)}", f"-rss_limit_mb={rss_mb}"]
 
 
