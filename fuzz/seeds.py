@@ -21,7 +21,10 @@ from fuzz import event_input
 from fuzz.event_input import BINARY, CLAIMED_BASE64, DIRECT_INVOKE, TEXT
 from fuzz.properties import ROOT
 
-sys.path.insert(0, str(ROOT / "tests" / "handler"))
+# The handler tests' builders of hostile inputs (a flat module, as pytest imports it); appended,
+# so nothing of the tests can shadow a module of the project.
+if str(ROOT / "tests" / "handler") not in sys.path:
+    sys.path.append(str(ROOT / "tests" / "handler"))
 import hostile_inputs as hostile
 
 PHOTO = ROOT / "rollout_hook" / "reference.jpg"
