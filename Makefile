@@ -126,5 +126,17 @@ events: ## Re-record tests/events/*.json with the AWS SAM CLI (in a throwaway ve
 smoke: $(VENV)/.installed ## After a deploy: /health, /predict of the reference photo, served sha256 and top-1 vs the manifest (STAGE=dev|prod|local)
 	$(PY) -m classifier_client.smoke --stage $(STAGE) --model-dir $(MODEL_DIR)
 
+# atheris comes from its own file (fuzz/requirements.txt): Linux x86_64 wheels only, and no test
+# or image needs it.
+FUZZ_SECONDS ?= 60
+
+$(VENV)/.fuzz-installed: $(VENV)/.installed fuzz/requirements.txt
+	$(PY) -m pip install --quiet -r fuzz/requirements.txt
+	touch $@
+
+.PHONY: fuzz
+fuzz: $(VENV)/.fuzz-installed ## Fuzz image decoding and event parsing (atheris), FUZZ_SECONDS per target (60); findings in build/fuzz/
+	$(PY) -m fuzz --seconds $(FUZZ_SECONDS)
+
 clean: ## Remove build output (keeps .venv and node_modules)
 	rm -rf build cdk.out .pytest_cache .ruff_cache .mypy_cache

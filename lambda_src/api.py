@@ -169,7 +169,9 @@ def _payload_too_large() -> ApiError:
 
 
 def parse_top_k(value: Any, source: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+    # ASCII only: Unicode \s takes "\x1c".."\x1f", which int() refuses (a ValueError, a 500 for
+    # ?top_k=%1C2); Unicode \d would take digits from other scripts.
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value, re.ASCII):
         value = int(value)
     # JSON Schema's integer is a number without a fractional part, so 3.0 is one (openapi.yaml).
     if isinstance(value, float) and value.is_integer():

@@ -243,6 +243,11 @@ ERROR_CASES = {
     "top_k_zero": (lambda: predict_event(JPEG, query={"top_k": "0"}), 400, "invalid_top_k"),
     "top_k_text": (lambda: predict_event(JPEG, query={"top_k": "five"}), 400, "invalid_top_k"),
     "top_k_too_big": (lambda: predict_event(JPEG, query={"top_k": "1001"}), 400, "invalid_top_k"),
+    # Found by `make fuzz`: Unicode whitespace int() refuses was a ValueError (500).
+    "top_k_control_char": (lambda: predict_event(JPEG, query={"top_k": "\x1c2"}), 400,
+                           "invalid_top_k"),
+    "top_k_non_ascii_digit": (lambda: predict_event(JPEG, query={"top_k": "\u0663"}), 400,
+                              "invalid_top_k"),
     "top_k_bool": (
         lambda: predict_event({"image": b64(PNG), "top_k": True}, "application/json"), 400,
         "invalid_top_k"),
