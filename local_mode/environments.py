@@ -7,9 +7,9 @@ The pool behaves as Lambda does for synchronous invokes
 https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html):
 
 - at most `limit` requests run at once (the function's reserved concurrency); a request beyond
-  that is not queued but rejected, and API Gateway answers a rejected invoke with
-  500 {"message": "Internal server error"} ("If the Lambda API rejects the invocation request, API
-  Gateway returns a 500 error code", https://docs.aws.amazon.com/lambda/latest/dg/services-apigateway-errors.html);
+  that is not queued but rejected, and API Gateway answers a rejected invoke with a 500,
+  worded by the API's INTEGRATION_FAILURE gateway response ("If the Lambda API rejects the
+  invocation request, API Gateway returns a 500 error code", https://docs.aws.amazon.com/lambda/latest/dg/services-apigateway-errors.html);
 - `provisioned` environments are initialized at start (AWS_LAMBDA_INITIALIZATION_TYPE
   provisioned-concurrency) and take requests first; the others start on demand, and the request
   that starts one waits for its INIT (a cold start);

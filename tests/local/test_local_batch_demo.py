@@ -21,6 +21,7 @@ from local_mode.distributed_map import (
     write_results,
 )
 from local_mode.s3 import local_s3
+from stacks.config import STAGES
 
 
 @pytest.mark.slow
@@ -86,7 +87,7 @@ def test_batch_spec_is_read_from_the_committed_stack(stack_template: Path) -> No
         "output_prefix": "results/",
         "run_id.$": "$$.Execution.Name",
     }
-    assert spec.memory_mb == 3538
+    assert spec.memory_mb == STAGES["dev"].batch_memory_mb
     assert spec.environment["BATCH_SUB_BATCH"] == "8"
     assert "MODEL_BUCKET" not in spec.environment  # set locally
 

@@ -283,7 +283,8 @@ def test_throttled_invoke_is_apigateways_500_over_http(tmp_path, code_dir, stack
     finally:
         pool.close()
     assert throttled.status_code == 500
-    assert throttled.json() == {"message": "Internal server error"}
+    # INTEGRATION_FAILURE's gateway response from the template: the API's one error shape.
+    assert throttled.json()["error"]["code"] == "function_error"
     assert throttled.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
     assert after.status_code == 200
 
@@ -314,7 +315,7 @@ def test_environment_killed_mid_request_is_502_then_a_cold_start_with_tmp_kept(
     finally:
         pool.close()
     assert result["r"].status_code == 502
-    assert result["r"].json() == {"message": "Internal server error"}
+    assert result["r"].json()["error"]["code"] == "function_error"
     assert after["pid"] != before["pid"]
     assert after["tmp"] == before["tmp"]  # the same environment, reset: /tmp survives
     assert after["tmp_files"] == ["written-at-init"]
