@@ -315,8 +315,10 @@ def test_only_the_kept_pixels_are_resampled(monkeypatch):
     preprocess.preprocess(PHOTOS["rocket.jpg"].read_bytes())  # 640x427 -> 383x256, crop 224
     (h_in, h_out, h_box), (v_in, v_out, v_box) = calls
     # Horizontal: only the crop's 224 columns, only the rows the vertical pass reads.
-    assert h_out[0] == 224 and h_in[1] == h_out[1] < 427
-    assert h_box[0] == pytest.approx(80 * 640 / 383) and h_box[2] == pytest.approx(304 * 640 / 383)
+    assert h_out[0] == 224
+    assert h_in[1] == h_out[1] < 427
+    assert h_box[0] == pytest.approx(80 * 640 / 383)
+    assert h_box[2] == pytest.approx(304 * 640 / 383)
     # Vertical: 224 rows of that strip; the crop's rows 16..240 of the 256, in source rows.
     assert (v_in, v_out) == (h_out, (224, 224))
     assert v_box[3] - v_box[1] == pytest.approx(224 * 427 / 256)
