@@ -162,9 +162,10 @@ def test_twelve_megapixel_jpeg_is_decoded_at_reduced_scale(big_jpeg):
     assert decoded.size == (532, 354)
 
 
-def test_draft_only_reduces_jpegs_with_room_for_it():
-    # No 1/2 scale keeps a shorter side under 2 x 256 at >= 256.
-    assert preprocess.draft_size((511, 700), 256) is None
+def test_draft_only_reduces_big_jpegs_by_a_quarter_or_more():
+    assert preprocess.draft_size((511, 700), 256) is None  # no scale keeps 256
+    assert preprocess.draft_size((1023, 1023), 256) is None  # 1/2 would: decoded in full
+    assert preprocess.draft_size((1024, 1024), 256) == (256, 256)  # 1/4
     assert preprocess.draft_size((1024, 1500), 256) == (256, 375)
     retina = preprocess.open_image(PHOTOS["retina.jpg"].read_bytes())
     assert preprocess.decode_rgb(retina).size == (353, 353)  # 1411 / 4, rounded up
