@@ -10,7 +10,9 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,14 @@ def _is_text(value: object) -> bool:
     return True
 
 
+def _ascii_texts(values: Iterable[Any]) -> bool:
+    """True if every item is a str and all of them ASCII: one C-level join, no Python loop."""
+    try:
+        return "".join(values).isascii()
+    except TypeError:  # an item that is not a str
+        return False
+
+
 def _check_map(event: dict[str, Any], name: str, *, multi: bool) -> None:
     mapping = event.get(name)
     if mapping is None:
@@ -70,6 +80,15 @@ def _check_map(event: dict[str, Any], name: str, *, multi: bool) -> None:
     wanted = "lists of strings" if multi else "strings"
     if not isinstance(mapping, dict):
         raise _invalid_event(f"{name} must be an object mapping names to {wanted}")
+    # What API Gateway sends (ASCII names and values) passes in C; anything else takes the
+    # per-item walk below, which decides. A recorded event has ~40 headers: ~0.1 ms saved.
+    values = mapping.values()
+    if _ascii_texts(mapping.keys()) and (
+        _ascii_texts(chain.from_iterable(values))
+        if multi and all(isinstance(v, list) for v in values)
+        else not multi and _ascii_texts(values)
+    ):
+        return
     for key, value in mapping.items():
         values = value if multi else [value]
         if not (_is_text(key) and isinstance(values, list) and all(map(_is_text, values))):

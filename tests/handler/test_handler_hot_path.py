@@ -66,3 +66,46 @@ def test_padding_the_standard_library_accepts_is_still_accepted(value):
 def test_big_body_round_trips():
     data = JPEG * 40  # ~2 MB, past the SIMD decoder's block sizes
     assert api.b64decode(base64.b64encode(data).decode("ascii")) == data
+
+
+def _reference_check_map(mapping, multi: bool) -> bool:
+    """The per-item check api._check_map always made (before its C-level fast path)."""
+
+    def is_text(value) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    if mapping is None:
+        return True
+    if not isinstance(mapping, dict):
+        return False
+    for key, value in mapping.items():
+        values = value if multi else [value]
+        if not (is_text(key) and isinstance(values, list) and all(map(is_text, values))):
+            return False
+    return True
+
+
+_TEXT = st.text(alphabet=st.sampled_from("aZ-9 é\ud800\x00"), max_size=4)
+_SCALAR = st.one_of(_TEXT, st.integers(), st.none(), st.booleans())
+_VALUE = st.one_of(_SCALAR, st.lists(_SCALAR, max_size=3), st.tuples(_TEXT))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    mapping=st.one_of(st.none(), st.dictionaries(st.one_of(_TEXT, st.integers()), _VALUE)),
+    multi=st.booleans(),
+)
+def test_header_check_fast_path_decides_like_the_per_item_walk(mapping, multi):
+    event = {"multiValueHeaders" if multi else "headers": mapping}
+    if _reference_check_map(mapping, multi):
+        assert api.check_event(event) is event
+    else:
+        with pytest.raises(api.ApiError) as refused:
+            api.check_event(event)
+        assert refused.value.code == "invalid_event"
