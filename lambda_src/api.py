@@ -328,26 +328,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_predictions(logits: np.ndarray, labels: list[str], top_k: int) -> list[dict[str, Any]]:
     """One image's logits -> top_k {label, index, probability}, most probable first."""
     probs = softmax(logits)
-    return [
-        {"label": labels[i], "index": int(i), "probability": float(probs[i])}
-        for i in top_indices(probs, top_k)
-    ]
-
-
-def top_indices(values: np.ndarray, top_k: int) -> np.ndarray:
-    """Indices of the top_k largest values, largest first, ties in index order.
-
-    Exactly ``np.argsort(-values, kind="stable")[:top_k]``, without sorting all 1,000 classes:
-    a partition finds the k-th largest value, and only the values >= it (ties at the boundary
-    included, in index order) are sorted, stably. ~0.2 -> ~0.05 ms per image here.
-    """
-    negated = -values
-    if top_k < negated.size:
-        kth = np.partition(negated, top_k - 1)[top_k - 1]
-        candidates = np.flatnonzero(negated <= kth)
-        if candidates.size >= top_k:  # fewer only with NaN: then sort everything, as before
-            return candidates[np.argsort(negated[candidates], kind="stable")[:top_k]]
-    return np.argsort(negated, kind="stable")[:top_k]
+    # Stable sort on the negated probabilities: ties keep the lower class index first.
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return [{"label": labels[i], "index": int(i), "probability": float(probs[i])} for i in order]
 
 
 def json_response(

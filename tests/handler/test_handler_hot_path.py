@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-import numpy as np
 import pytest
 from handler_testkit import predict_event
 from hypothesis import given, settings
@@ -110,26 +109,3 @@ def test_header_check_fast_path_decides_like_the_per_item_walk(mapping, multi):
         with pytest.raises(api.ApiError) as refused:
             api.check_event(event)
         assert refused.value.code == "invalid_event"
-
-
-@settings(max_examples=1500, deadline=None)
-@given(
-    values=st.lists(
-        st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 1e-9, float("nan")]), min_size=1, max_size=40
-    ),
-    top_k=st.integers(min_value=1, max_value=45),
-)
-def test_top_indices_are_exactly_a_stable_full_sort(values, top_k):
-    """Many ties (the sampled values repeat) and NaN: the same indices, in the same order, as
-    the stable argsort of every class the handler used before."""
-    array = np.asarray(values, dtype=np.float64)
-    want = np.argsort(-array, kind="stable")[:top_k]
-    np.testing.assert_array_equal(api.top_indices(array, top_k), want)
-
-
-def test_top_predictions_of_real_logits_match_a_full_sort():
-    logits = np.random.default_rng(0).normal(size=1000).astype(np.float32)
-    labels = [f"class {i}" for i in range(1000)]
-    probs = api.softmax(logits)
-    got = api.top_predictions(logits, labels, 5)
-    assert [p["index"] for p in got] == list(np.argsort(-probs, kind="stable")[:5])
