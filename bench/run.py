@@ -48,6 +48,8 @@ def settings(quick: bool) -> dict[str, Any]:
             "cold_rounds": 1,
             "one_cpu_rounds": 0,
             "peak_repeats": 3,
+            "attr_rounds": 1,
+            "attr_block": {"jpeg_640x480": 2, "png_640x480": 1, "jpeg_12mp": 1},
         }
     return {
         # Rounds stop early once a phase has run max_phase_s (after min_rounds), so a loaded
@@ -62,6 +64,8 @@ def settings(quick: bool) -> dict[str, Any]:
         "cold_rounds": 3,
         "one_cpu_rounds": 20,
         "peak_repeats": 12,
+        "attr_rounds": 8,
+        "attr_block": {"jpeg_640x480": 5, "png_640x480": 3, "jpeg_12mp": 2},
     }
 
 
@@ -186,6 +190,24 @@ def one_cpu_latency(workers: dict[str, Worker], cfg: dict[str, Any]) -> dict[str
                 cmd="latency", case="jpeg_640x480", n=5, budget_ms=cfg["budget_ms"]
             )["ms"]
     return {name: summary(values) for name, values in out.items()}
+
+
+def attribution(workers: dict[str, Worker], cfg: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Per-stage non-model ms of each handler worker's own path (bench/stages.py), interleaved."""
+    from bench.stages import STAGES, summarize
+
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {
+        n: {c: {s: [] for s in STAGES} for c in CASES} for n in workers
+    }
+    for r in rounds(cfg, log, "attribution", "attr_rounds"):
+        for case in CASES:
+            for name in rotate(list(workers), r):
+                reply = workers[name].call(
+                    cmd="stages", case=case, n=cfg["attr_block"][case], budget_ms=cfg["budget_ms"]
+                )
+                for stage, values in reply["samples"].items():
+                    samples[name][case][stage] += values
+    return {n: {c: summarize(per_case[c]) for c in CASES} for n, per_case in samples.items()}
 
 
 def throughput(
@@ -429,6 +451,8 @@ def ratios_and_targets(res: dict[str, Any]) -> tuple[dict[str, float], list[dict
         / bare["handler_int8"]["p50"],
         "overhead_fraction_fp32_unpaired": (hf[typical]["p50"] - bare["handler_fp32"]["p50"])
         / bare["handler_fp32"]["p50"],
+        # Issue #12's target: the whole path over bare session.run, typical JPEG, FP32.
+        "handler_over_bare_fp32": hf[typical]["p50"] / bare["handler_fp32"]["p50"],
         "12mp_over_typical_fp32": hf["jpeg_12mp"]["p50"] / hf[typical]["p50"],
         "png_over_jpeg_fp32": hf["png_640x480"]["p50"] / hf[typical]["p50"],
         "fp32_over_int8_handler": hf[typical]["p50"] / warm["handler_int8"][typical]["p50"],
@@ -446,6 +470,13 @@ def ratios_and_targets(res: dict[str, Any]) -> tuple[dict[str, float], list[dict
         ratios["fp32_over_int8_s8s8_bare"] = (
             bare["handler_fp32"]["p50"] / bare["handler_int8_s8s8"]["p50"]
         )
+    if "handler_fp32_before" in warm:  # the same ratios for the reference path (before)
+        hb, ib = warm["handler_fp32_before"], warm["handler_int8_before"]
+        ratios["handler_over_bare_fp32_before"] = hb[typical]["p50"] / bare["handler_fp32"]["p50"]
+        ratios["12mp_over_typical_fp32_before"] = hb["jpeg_12mp"]["p50"] / hb[typical]["p50"]
+        ratios["fp32_over_int8_handler_before"] = hb[typical]["p50"] / ib[typical]["p50"]
+        ratios["before_over_after_fp32"] = hb[typical]["p50"] / hf[typical]["p50"]
+        ratios["before_over_after_int8"] = ib[typical]["p50"] / warm["handler_int8"][typical]["p50"]
     ratios = {k: round(v, 3) for k, v in ratios.items()}
     vnni = (
         "avx512_vnni" in res["machine"]["cpu"]["flags"]
@@ -460,10 +491,10 @@ def ratios_and_targets(res: dict[str, Any]) -> tuple[dict[str, float], list[dict
             True,
         ),
         (
-            "Non-model overhead / bare inference, typical JPEG (FP32)",
-            "overhead_fraction_fp32",
+            "Handler p50 / bare ORT p50, typical JPEG (FP32)",
+            "handler_over_bare_fp32",
             "<=",
-            0.20,
+            1.15,
             True,
         ),
         ("12 MP JPEG total / typical JPEG total (FP32)", "12mp_over_typical_fp32", "<=", 2.0, True),
@@ -516,7 +547,63 @@ LABELS = {
     "handler_fp32_1cpu": "handler FP32, 1 vCPU",
     "handler_int8_1cpu": "handler INT8, 1 vCPU",
     "handler_int8_s8s8": "handler INT8 S8S8 (alternative)",
+    "handler_fp32_before": "handler FP32, before #12 (reference)",
+    "handler_int8_before": "handler INT8, before #12 (reference)",
 }
+
+
+ATTRIBUTION_COLUMNS = (
+    ("handler_fp32_before", "FP32 2t before"),
+    ("handler_fp32", "FP32 2t"),
+    ("handler_int8_before", "INT8 2t before"),
+    ("handler_int8", "INT8 2t"),
+    ("handler_fp32_1cpu", "FP32 1t"),
+    ("handler_int8_1cpu", "INT8 1t"),
+)
+
+
+def attribution_tables(res: dict[str, Any]) -> list[str]:
+    """One table per image: non-model ms per stage (p50), before (reference) and after."""
+    from bench.stages import LABELS as STAGE_LABELS
+    from bench.stages import STAGES
+
+    attr = res.get("attribution") or {}
+    columns = [(k, title) for k, title in ATTRIBUTION_COLUMNS if k in attr]
+    if not columns:
+        return []
+    out = []
+    for case in CASES:
+        rows = [
+            [STAGE_LABELS[stage]]
+            + [f"{attr[k][case]['p50_ms'].get(stage, 0.0):.3f}" for k, _ in columns]
+            for stage in STAGES
+        ]
+        rows.append(
+            ["sum of the stages above"]
+            + [f"{attr[k][case]['non_model_sum_ms']:.2f}" for k, _ in columns]
+        )
+        rows.append(
+            ["outside model, paired (wall - inference)"]
+            + [
+                f"{res['warm'][k][case]['handler_timings_p50']['outside_model']:.2f}"
+                if k in res["warm"]
+                else "-"
+                for k, _ in columns
+            ]
+        )
+        rows.append(
+            ["whole path p50 (warm)"]
+            + [
+                f"{res['warm'][k][case]['p50']:.2f}" if k in res["warm"] else "-"
+                for k, _ in columns
+            ]
+        )
+        out.append(
+            f"Non-model time per stage, {CASES[case][1]}, p50 ms (before = the path at "
+            f"{res.get('reference', {}).get('rev', '?')[:12]}, measured in this run):\n"
+            + fmt_table(["stage"] + [title for _, title in columns], rows)
+        )
+    return out
 
 
 def tables(res: dict[str, Any]) -> str:
@@ -552,6 +639,7 @@ def tables(res: dict[str, Any]) -> str:
         "outside model = wall - inference, per request):\n"
         + fmt_table(["variant", "image", "decode+preprocess", "inference", "outside model"], rows)
     )
+    out += attribution_tables(res)
     rows = [
         [LABELS[n], f"{s['p50']:.2f}", f"{s['p99']:.2f}"] for n, s in res["bare_batch1"].items()
     ]
@@ -814,6 +902,11 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         args.build / f"torch-resnet18-{weights_tag}-{model_info(dirs['fp32'])['sha256'][:12]}.pt"
     )
 
+    from bench.stages import REFERENCE_REV, reference_src
+
+    ref_src = None if args.no_reference else reference_src(ROOT, args.build / "reference")
+    if ref_src is None and not args.no_reference:
+        log(f"  no reference path: git cannot extract {REFERENCE_REV[:12]} (before = skipped)")
     log(f"Starting warm workers ({threads} threads each) ...")
     specs = {
         "handler_fp32": {"kind": "handler", "model_dir": str(dirs["fp32"]), "threads": threads},
@@ -828,6 +921,19 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                 }
             }
             if "int8_s8s8" in dirs
+            else {}
+        ),
+        **(
+            {
+                f"handler_{m}_before": {
+                    "kind": "handler",
+                    "model_dir": str(dirs[m]),
+                    "threads": threads,
+                    "lambda_src": str(ref_src),
+                }
+                for m in ("fp32", "int8")
+            }
+            if ref_src
             else {}
         ),
         "torch_fp32": {
@@ -859,6 +965,12 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         warm, bare = warm_latency(workers, images, cfg, log)
         log("Warm latency on one vCPU ...")
         one = one_cpu_latency(one_cpu, cfg) if one_cpu else {}
+        log("Per-stage attribution (interleaved) ...")
+        attr = attribution(
+            {n: w for n, w in {**workers, **one_cpu}.items() if n in dict(ATTRIBUTION_COLUMNS)},
+            cfg,
+            log,
+        )
         log("Throughput at batch 1, 4, 8 ...")
         tput = throughput(
             {k: workers[k] for k in ("handler_fp32", "handler_int8", "torch_fp32")}, images, cfg
@@ -922,6 +1034,8 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             for c in CASES
         },
         "warm": warm,
+        "attribution": attr,
+        "reference": {"rev": REFERENCE_REV, "measured": ref_src is not None},
         "bare_batch1": bare,
         "one_cpu": one,
         "throughput": tput,
@@ -963,6 +1077,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8-dir", type=Path, help="use this exported INT8 artifact dir")
     parser.add_argument("--threads", type=int, help="threads for every variant (default: all CPUs)")
     parser.add_argument("--build", type=Path, default=BUILD, help="work dir (models, images)")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the reference path (lambda_src before issue #12, from git) in the tables",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
         "--plot",

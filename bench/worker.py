@@ -93,7 +93,8 @@ class HandlerVariant(Variant):
                 "AWS_DEFAULT_REGION": "us-east-1",
             }
         )
-        sys.path.insert(0, str(LAMBDA_SRC))
+        # The current lambda_src, or a reference revision's (bench/stages.py) to measure before.
+        sys.path.insert(0, spec.get("lambda_src") or str(LAMBDA_SRC))
         import handler  # INIT: verifies the cached model, opens and warms the session
 
         self.module = handler
@@ -115,6 +116,13 @@ class HandlerVariant(Variant):
         import preprocess
 
         return preprocess.preprocess(path.read_bytes(), self.model.preprocessing)
+
+    def stages(self, event: dict[str, Any], data: bytes, samples: dict[str, list[float]]) -> None:
+        from bench.stages import StageProfiler
+
+        if not hasattr(self, "profiler"):
+            self.profiler = StageProfiler(self.module, self.context)
+        self.profiler.run(event, data, samples)
 
 
 class BatchVariant(Variant):
@@ -371,6 +379,16 @@ def serve(variant: Variant, out: Any) -> None:
                                 | {"outside_model": ms[-1] - body["timings_ms"]["inference"]}
                             )
                 reply({"ms": ms, "inner": inner})
+            elif name == "stages":  # per-stage ms of one request path (bench/stages.py)
+                from bench.stages import new_samples
+
+                samples = new_samples()
+                deadline = time.perf_counter() + cmd.get("budget_ms", 1e9) / 1000.0
+                for i in range(cmd["n"]):
+                    if i and time.perf_counter() > deadline:
+                        break
+                    variant.stages(events[cmd["case"]], images[cmd["case"]], samples)  # type: ignore[attr-defined]
+                reply({"samples": samples})
             elif name == "bare":
                 batch = np.zeros((cmd["batch"], 3, 224, 224), dtype=np.float32)
                 batch[:] = variant.preprocess_file(Path(cmd["image"]))

@@ -10,10 +10,13 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from errors import ApiError
 
@@ -62,6 +65,14 @@ def _is_text(value: object) -> bool:
     return True
 
 
+def _ascii_texts(values: Iterable[Any]) -> bool:
+    """True if every item is a str and all of them ASCII: one C-level join, no Python loop."""
+    try:
+        return "".join(values).isascii()
+    except TypeError:  # an item that is not a str
+        return False
+
+
 def _check_map(event: dict[str, Any], name: str, *, multi: bool) -> None:
     mapping = event.get(name)
     if mapping is None:
@@ -69,6 +80,15 @@ def _check_map(event: dict[str, Any], name: str, *, multi: bool) -> None:
     wanted = "lists of strings" if multi else "strings"
     if not isinstance(mapping, dict):
         raise _invalid_event(f"{name} must be an object mapping names to {wanted}")
+    # What API Gateway sends (ASCII names and values) passes in C; anything else takes the
+    # per-item walk below, which decides. A recorded event has ~40 headers: ~0.1 ms saved.
+    values = mapping.values()
+    if _ascii_texts(mapping.keys()) and (
+        _ascii_texts(chain.from_iterable(values))
+        if multi and all(isinstance(v, list) for v in values)
+        else not multi and _ascii_texts(values)
+    ):
+        return
     for key, value in mapping.items():
         values = value if multi else [value]
         if not (_is_text(key) and isinstance(values, list) and all(map(_is_text, values))):
@@ -151,7 +171,7 @@ def body_bytes(event: dict[str, Any]) -> bytes:
         raise _payload_too_large()
     if event.get("isBase64Encoded"):
         try:
-            data = base64.b64decode(body, validate=True)
+            data = b64decode(body)
         except (binascii.Error, ValueError) as exc:
             raise ApiError(400, "invalid_base64", "The request body is not valid base64.") from exc
     else:
@@ -162,6 +182,21 @@ def body_bytes(event: dict[str, Any]) -> bytes:
     if len(data) > MAX_BODY_BYTES:
         raise _payload_too_large()
     return data
+
+
+def b64decode(value: str) -> bytes:
+    """Strict base64 (the alphabet, correct padding) -> bytes; binascii.Error/ValueError if not.
+
+    pybase64's SIMD decoder is ~10x the standard library's (a 6 MB body: ~0.5 vs ~5 ms here).
+    It refuses a little more than the standard library's strict mode (excess padding after a
+    complete group, e.g. "AAAA===="), so whatever it refuses is handed to the standard library,
+    which decides as it always did: the same bytes and the same errors as base64.b64decode(...,
+    validate=True) for every input (tests/handler/test_handler_hot_path.py).
+    """
+    try:
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(value, validate=True)
 
 
 def _payload_too_large() -> ApiError:
@@ -190,7 +225,7 @@ def _b64_image(value: Any, where: str) -> bytes:
     if len(value) > MAX_BODY_BYTES * 4 // 3 + 4:
         raise _payload_too_large()
     try:
-        return base64.b64decode(value, validate=True)
+        return b64decode(value)
     except (binascii.Error, ValueError) as exc:
         raise ApiError(400, "invalid_base64", f"{where} is not valid base64.") from exc
 

@@ -1,9 +1,12 @@
-"""Image bytes -> normalized NCHW float32, identical to torchvision's ResNet eval transform.
+"""Image bytes -> normalized NCHW float32, torchvision's ResNet eval transform without torch.
 
 The reference is ``transforms.Compose([Resize(256), CenterCrop(224), ToTensor(), Normalize(mean,
 std)])`` applied to ``ImageOps.exif_transpose(Image.open(f)).convert("RGB")``. torchvision's PIL
-path is plain Pillow (``Image.resize(size, BILINEAR)``, which always antialiases), so re-doing
-the same Pillow calls with the same integer arithmetic gives the same pixels without torch.
+path is plain Pillow (``Image.resize(size, BILINEAR)``, which always antialiases), so the same
+Pillow filter and the same float32 arithmetic give the same values without torch, with two
+measured exceptions that buy speed: only the centre crop is resampled (``resized_crop``: a
+value may move by one of 255) and big JPEGs are DCT-scaled while decoding (``draft_size``).
+docs/inference.md ("Preprocessing") gives the numbers and the tests that bound them.
 """
 
 from __future__ import annotations
@@ -49,9 +52,16 @@ MAX_JPEG_SCANS = 32
 # libpng writes 8 KiB IDAT chunks (768 in 6 MiB), so these caps only stop manufactured files.
 MAX_JPEG_SEGMENTS = 1024
 MAX_PNG_CHUNKS = 16384
-# JPEG draft decoding (DCT scaling by 1/2, 1/4, 1/8) keeps the shorter side at least this many
-# times the resize target, so the final antialiased resize still has 2x oversampling to work with.
-DRAFT_OVERSAMPLING = 2
+# JPEG draft decoding (libjpeg's DCT scaling) keeps the shorter side at least this many times
+# the resize target: 1, so a 12 MP photo decodes at 1/8 (375 pixels on its shorter side for 256;
+# 2 stopped at 1/4). Each 1/8 output pixel is its 8x8 block's average, itself an anti-aliasing
+# filter; the photographs keep their top-1/top-5 (tests/handler/test_handler_preprocess.py).
+DRAFT_OVERSAMPLING = 1
+# ... but only JPEGs whose shorter side is at least this many times the target are DCT-scaled,
+# so the scale is 1/4 or 1/8, never 1/2. Below it (up to about 1 MP) a full decode costs a
+# millisecond or two, and a 1/2 scale moved an untrained model's probabilities by ~10 % on a
+# 512x600 photograph (grace_hopper.jpg): not worth it there.
+DRAFT_MIN_SHORT_SIDE = 4
 
 # Pillow's own bomb check (warning at the limit, error at 2x) stays as a second line of defence.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -264,13 +274,13 @@ def open_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Imag
 def draft_size(size: tuple[int, int], target: int) -> tuple[int, int] | None:
     """The size to request from JPEG draft mode so the shorter side stays >= oversampled target.
 
-    Returns None when no reduction is possible (Pillow's draft picks the largest 1/2^k scale
-    that keeps both sides >= the requested size).
+    Returns None for JPEGs not DCT-scaled (shorter side under DRAFT_MIN_SHORT_SIDE x target).
+    Pillow's draft picks the largest 1/2^k scale that keeps both sides >= the requested size.
     """
     width, height = size
     short = min(width, height)
     keep = target * DRAFT_OVERSAMPLING
-    if short < 2 * keep:
+    if short < max(2 * keep, DRAFT_MIN_SHORT_SIDE * target):
         return None
     factor = keep / short
     return (math.ceil(width * factor), math.ceil(height * factor))
@@ -311,6 +321,73 @@ def normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.n
     return table
 
 
+def resized_crop(img: Image.Image, spec: PreprocessSpec = IMAGENET) -> Image.Image:
+    """Resize(resize) then CenterCrop(crop), resampling only the crop: a crop x crop image.
+
+    torchvision resizes the whole image and then keeps the centre (about half of a 4:3 photo's
+    resized pixels are thrown away). Pillow's ``resize(box=...)`` computes the same filter taps
+    for just the kept pixels: output pixel i of the resized image samples the source around
+    (i + 0.5) * source / resized, so the crop's box in source coordinates is the crop's edges
+    times that scale. Two differences from resize-then-crop remain, each worth at most one of
+    255 on a value: Pillow passes the box to C as float32, so the taps' positions carry float32
+    rounding; and the two passes run horizontal then vertical, the order of Pillow's own resize
+    for most sizes (it may pick the other order, which rounds the intermediate differently).
+    Measured: 0.04 % of values moved on the shipped photographs, 2.4 % for the worst of 87
+    random sizes; tests/handler/test_handler_preprocess.py bounds it and checks top-1/top-5 and
+    the logits against torchvision (docs/inference.md).
+    """
+    width, height = img.size
+    # Again here, for callers that did not come through open_image: a resize to
+    # resize x (resize * ratio) would otherwise be sized by the ratio, however few pixels.
+    check_aspect_ratio(img.size)
+    short, long = (width, height) if width <= height else (height, width)
+    # torchvision: new_long = int(size * long / short), computed in float then truncated.
+    new_short, new_long = spec.resize, int(spec.resize * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    crop = spec.crop
+    if crop > new_w or crop > new_h:
+        # Unreachable while crop <= resize; torchvision would pad with zeros here.
+        raise ValueError(f"crop {crop} larger than resized image {new_w}x{new_h}")
+    # torchvision's CenterCrop rounding, in resized coordinates.
+    top = round((new_h - crop) / 2.0)
+    left = round((new_w - crop) / 2.0)
+    if (new_w, new_h) == (width, height):
+        return img.crop((left, top, left + crop, top + crop))  # exact: nothing to resample
+    scale_x, scale_y = width / new_w, height / new_h
+    x0, x1 = left * scale_x, (left + crop) * scale_x
+    y0, y1 = top * scale_y, (top + crop) * scale_y
+    # Source rows the vertical pass reads: the bilinear filter reaches max(scale, 1) pixels
+    # either side of a tap's centre (Pillow's support); one row of margin for its rounding.
+    reach = max(scale_y, 1.0)
+    first, last = max(0, math.floor(y0 - reach)), min(height, math.ceil(y1 + reach) + 1)
+    if (first, last) != (0, height):
+        img = img.crop((0, first, width, last))  # a row copy: cheaper than resampling them
+    rows = last - first
+    # Horizontal pass (box spans every row: Pillow resamples this axis only), then vertical.
+    strip = img.resize((crop, rows), Image.Resampling.BILINEAR, box=(x0, 0, x1, rows))
+    return strip.resize(
+        (crop, crop), Image.Resampling.BILINEAR, box=(0, y0 - first, crop, y1 - first)
+    )
+
+
+def normalize(
+    img: Image.Image, spec: PreprocessSpec = IMAGENET, out: np.ndarray | None = None
+) -> np.ndarray:
+    """ToTensor -> Normalize of an RGB image, as float32 CHW (bit-identical to torchvision).
+
+    ``out`` (float32 [3, H, W], e.g. one row of a batch) receives the result in place.
+    """
+    pixels = np.asarray(img, dtype=np.uint8)
+    if out is None:
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    table = normalization_table(spec.mean, spec.std)
+    # One table lookup per value, written straight into channel-first order: no float
+    # intermediates, no transpose copy. mode="clip" skips the bounds check (uint8 always fits).
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel], mode="clip")
+    return out
+
+
 def transform(
     img: Image.Image, spec: PreprocessSpec = IMAGENET, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -318,31 +395,7 @@ def transform(
 
     ``out`` (float32 [3, crop, crop], e.g. one row of a batch) receives the result in place.
     """
-    width, height = img.size
-    # Again here, for callers that did not come through open_image: the resize below would
-    # otherwise allocate resize x (resize * ratio) pixels, however few the input has.
-    check_aspect_ratio(img.size)
-    short, long = (width, height) if width <= height else (height, width)
-    # torchvision: new_long = int(size * long / short), computed in float then truncated.
-    new_short, new_long = spec.resize, int(spec.resize * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    crop = spec.crop
-    if crop > new_w or crop > new_h:
-        # Unreachable while crop <= resize; torchvision would pad with zeros here.
-        raise ValueError(f"crop {crop} larger than resized image {new_w}x{new_h}")
-    top = round((new_h - crop) / 2.0)
-    left = round((new_w - crop) / 2.0)
-    pixels = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
-    if out is None:
-        out = np.empty((3, crop, crop), dtype=np.float32)
-    table = normalization_table(spec.mean, spec.std)
-    # One table lookup per value, written straight into channel-first order: no float
-    # intermediates, no transpose copy. mode="clip" skips the bounds check (uint8 always fits).
-    for channel in range(3):
-        np.take(table[channel], pixels[:, :, channel], out=out[channel], mode="clip")
-    return out
+    return normalize(resized_crop(img, spec), spec, out)
 
 
 def preprocess(

@@ -112,7 +112,7 @@ def test_quick_run_cold_starts_fidelity_flops_and_targets(quick_run: dict) -> No
     statuses = {t["ratio"]: t["status"] for t in res["targets"]}
     assert set(statuses) == {
         "torch_over_handler_fp32",
-        "overhead_fraction_fp32",
+        "handler_over_bare_fp32",
         "12mp_over_typical_fp32",
         "fp32_over_int8_handler",
         "cold_fp32_over_torch",
@@ -134,7 +134,31 @@ def test_quick_run_cold_starts_fidelity_flops_and_targets(quick_run: dict) -> No
     # Removing the S3 server's CPU can only leave the worker fewer vCPU-seconds.
     assert batch["s3_server_cpu_removed"]["seconds"] <= batch["s3"]["seconds"]
     assert batch["s3"]["server_cpu_ms_per_image"] > 0
-    for line in ("Warm latency", "Cold INIT", "Targets", "Batch vs real-time"):
+    # Issue #12's attribution: every stage of every handler worker, before and after, per image.
+    from bench.stages import STAGES
+
+    attribution = res["attribution"]
+    assert {"handler_fp32", "handler_int8"} <= set(attribution)
+    if res["reference"]["measured"]:  # git could extract the reference revision
+        assert {"handler_fp32_before", "handler_int8_before"} <= set(attribution)
+        assert "handler_over_bare_fp32_before" in res["ratios"]
+    for per_case in attribution.values():
+        for case in CASES:
+            stages = per_case[case]["p50_ms"]
+            assert set(stages) == set(STAGES)
+            assert all(v >= 0 for v in stages.values())
+            assert per_case[case]["non_model_sum_ms"] == pytest.approx(
+                sum(stages.values()), abs=0.01
+            )
+    # The current handler skips the Tracer wrapper when tracing is off (it is in the bench).
+    assert all(attribution["handler_fp32"][c]["p50_ms"]["pt_tracer_capture"] == 0 for c in CASES)
+    for line in (
+        "Warm latency",
+        "Cold INIT",
+        "Targets",
+        "Batch vs real-time",
+        "Non-model time per stage",
+    ):
         assert line in quick_run["stdout"]
     assert (quick_run["work"] / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

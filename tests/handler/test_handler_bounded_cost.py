@@ -210,11 +210,14 @@ def test_aspect_ratio_limit_boundary_is_exact_and_stays_torchvision_identical(pi
     np.testing.assert_array_equal(ours, tv(Image.open(io.BytesIO(data)).convert("RGB")).numpy())
     with pillow_work.watch():
         preprocess.preprocess(data)
-    # The costliest resize an accepted image can ask for: 256 x (256 * ratio).
-    assert pillow_work.resized_to == [(256, 256 * ratio)]
+    # torchvision's Resize would make 256 x (256 * ratio) pixels; only the 224 x 224 crop is
+    # resampled (preprocess.resized_crop): a 224-column strip of the rows it needs, then 224 rows.
+    (strip_w, strip_h), final = pillow_work.resized_to
+    assert (strip_w, final) == (224, (224, 224))
+    assert strip_h <= 8 * ratio  # at most the source's rows
     one_more = encode(gradient.resize((8, 8 * ratio + 1)), "PNG")
     assert refused(one_more, pillow_work).code == "extreme_aspect_ratio"
-    assert len(pillow_work.resized_to) == 1
+    assert len(pillow_work.resized_to) == 2  # nothing more was resized for the refused one
 
 
 def test_transform_refuses_extreme_ratio_even_without_open_image(pillow_work):

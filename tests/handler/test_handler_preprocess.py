@@ -1,4 +1,12 @@
-"""Preprocessing parity with torchvision itself, on the shipped real photographs and variants."""
+"""Preprocessing parity with torchvision itself, on the shipped real photographs and variants.
+
+Two steps are not bit-exact by design (docs/inference.md, "Preprocessing"): resampling only the
+centre crop (``preprocess.resized_crop``) moves about 0.03 % of values by one least significant
+bit, and big JPEGs are DCT-scaled while decoding. Both are held to what a classifier needs:
+top-1 and top-5 identical to torchvision on every photograph, FP32 logits within the export's
+tolerance where only the resampling differs. Everything else (modes, EXIF, normalization, the
+sizes where no resampling happens) stays bit-exact and is tested as such.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from torchvision import transforms
 import preprocess
 from errors import ApiError
 from model_export.photos import photographs
+from model_export.verify import FP32_MAX_ABS_DIFF
 
 PHOTOS = {p.name: p for p in photographs()}
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -27,6 +36,21 @@ TORCHVISION_EVAL = transforms.Compose(
         transforms.Normalize(MEAN, STD),
     ]
 )
+
+
+# One least significant bit of a pixel after Normalize: the largest step between table entries.
+ONE_LSB = 1 / (255 * min(STD))
+# Resampling only the crop against resize-then-crop, measured: at most 0.04 % of the values of
+# the shipped photographs differ, 2.4 % for the worst of 87 random sizes (where Pillow's own
+# resize runs its passes in the other order); never by more than one LSB.
+MAX_DIFFERING_FRACTION = 0.05
+
+
+def assert_within_one_lsb(ours: np.ndarray, want: np.ndarray) -> None:
+    diff = np.abs(ours - want)
+    assert diff.max() <= ONE_LSB * (1 + 1e-5), f"max difference {diff.max()} > one LSB"
+    differing = float((diff > 1e-6).mean())
+    assert differing <= MAX_DIFFERING_FRACTION, f"{differing:.3%} of values differ"
 
 
 def reference(data: bytes) -> np.ndarray:
@@ -53,7 +77,9 @@ def test_matches_torchvision_on_real_photographs(name, no_draft):
     ours = preprocess.preprocess(data)
     assert ours.shape == (3, 224, 224)
     assert ours.dtype == np.float32
-    np.testing.assert_allclose(ours, reference(data), rtol=0, atol=1e-6)
+    assert_within_one_lsb(ours, reference(data))
+    # The shipped photographs themselves: at most 0.04 % of values moved (measured).
+    assert float((np.abs(ours - reference(data)) > 1e-6).mean()) <= 0.001
 
 
 def _variants() -> dict[str, bytes]:
@@ -91,7 +117,7 @@ VARIANTS = _variants()
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_matches_torchvision_on_modes_and_formats(name):
     data = VARIANTS[name]
-    np.testing.assert_allclose(preprocess.preprocess(data), reference(data), rtol=0, atol=1e-6)
+    assert_within_one_lsb(preprocess.preprocess(data), reference(data))
 
 
 def _with_orientation(img: Image.Image, orientation: int) -> bytes:
@@ -109,14 +135,12 @@ def test_exif_orientation_is_applied(orientation, transpose):
     stored = Image.open(PHOTOS["chelsea.png"]).convert("RGB")
     data = _with_orientation(stored, orientation)
     ours = preprocess.preprocess(data)
-    np.testing.assert_allclose(ours, reference(data), rtol=0, atol=1e-6)
+    assert_within_one_lsb(ours, reference(data))
     # Independently of the reference: equal to the JPEG's pixels physically rotated.
     upright = Image.open(io.BytesIO(data))
     upright.load()
     upright = upright.transpose(transpose)
-    np.testing.assert_allclose(
-        ours, TORCHVISION_EVAL(upright.convert("RGB")).numpy(), rtol=0, atol=1e-6
-    )
+    assert_within_one_lsb(ours, TORCHVISION_EVAL(upright.convert("RGB")).numpy())
     assert not np.allclose(ours, TORCHVISION_EVAL(stored).numpy(), atol=1e-2)
 
 
@@ -134,15 +158,17 @@ def test_twelve_megapixel_jpeg_is_decoded_at_reduced_scale(big_jpeg):
     img = preprocess.open_image(big_jpeg)
     assert img.size == (4256, 2832)
     decoded = preprocess.decode_rgb(img)
-    # DCT scaling by 1/4: the shorter side stays >= 2 x 256 (1/8 would give 354).
-    assert decoded.size == (1064, 708)
+    # DCT scaling by 1/8: the shorter side (354) stays >= the resize target, 256.
+    assert decoded.size == (532, 354)
 
 
-def test_draft_only_reduces_big_jpegs():
-    assert preprocess.draft_size((1000, 1000), 256) is None
-    assert preprocess.draft_size((1024, 1500), 256) == (512, 750)
+def test_draft_only_reduces_big_jpegs_by_a_quarter_or_more():
+    assert preprocess.draft_size((511, 700), 256) is None  # no scale keeps 256
+    assert preprocess.draft_size((1023, 1023), 256) is None  # 1/2 would: decoded in full
+    assert preprocess.draft_size((1024, 1024), 256) == (256, 256)  # 1/4
+    assert preprocess.draft_size((1024, 1500), 256) == (256, 375)
     retina = preprocess.open_image(PHOTOS["retina.jpg"].read_bytes())
-    assert preprocess.decode_rgb(retina).size == (706, 706)  # 1411 / 2
+    assert preprocess.decode_rgb(retina).size == (353, 353)  # 1411 / 4, rounded up
     png = Image.open(PHOTOS["chelsea.png"]).convert("RGB").resize((2100, 1100))
     assert preprocess.decode_rgb(preprocess.open_image(encode(png, "PNG"))).size == (2100, 1100)
 
@@ -154,6 +180,34 @@ def fp32_session(fp32_model_dir: Path) -> ort.InferenceSession:
 
 def _logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"input": x[None]})[0][0]
+
+
+def _at_twelve_megapixels(photo: Path) -> bytes:
+    img = Image.open(photo).convert("RGB")
+    factor = 4000 / max(img.size)
+    size = (round(img.width * factor), round(img.height * factor))
+    return encode(img.resize(size, Image.Resampling.LANCZOS), "JPEG", quality=92)
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_top1_and_top5_match_torchvision_on_every_photograph(name, fp32_session):
+    """The shipped path (crop-only resampling, DCT-scaled decoding of big JPEGs) against
+    torchvision's full decode and resize: at the photograph's own size and at 12 MP."""
+    for data in (PHOTOS[name].read_bytes(), _at_twelve_megapixels(PHOTOS[name])):
+        got = _logits(fp32_session, preprocess.preprocess(data))
+        want = _logits(fp32_session, reference(data))
+        assert int(got.argmax()) == int(want.argmax())
+        assert list(np.argsort(-got)[:5]) == list(np.argsort(-want)[:5])
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_logits_within_export_tolerance_of_torchvision(name, fp32_session, no_draft):
+    """Where only the crop-only resampling differs, the model cannot tell: the FP32 logits stay
+    within the tolerance the exporter accepts between ONNX Runtime and PyTorch."""
+    data = PHOTOS[name].read_bytes()
+    got = _logits(fp32_session, preprocess.preprocess(data))
+    want = _logits(fp32_session, reference(data))
+    assert float(np.abs(got - want).max()) <= FP32_MAX_ABS_DIFF
 
 
 def test_twelve_megapixel_jpeg_keeps_top1_of_full_decode(big_jpeg, fp32_session):
@@ -212,11 +266,63 @@ def test_unusable_bytes_raise_client_errors(data, status, code):
     assert (caught.value.status, caught.value.code) == (status, code)
 
 
-@pytest.mark.parametrize("name", sorted(PHOTOS) + sorted(VARIANTS))
-def test_bit_identical_to_torchvision(name, no_draft):
-    """Not just within tolerance: the normalization reproduces torchvision's float32 rounding."""
-    data = PHOTOS[name].read_bytes() if name in PHOTOS else VARIANTS[name]
+# Sizes where nothing is resampled with inexact arithmetic: the image already has its resized
+# size (only cropped), or the scale (and so every float32 box edge) is an exact binary fraction.
+EXACT_SIZES = [(256, 256), (256, 300), (301, 256), (512, 512), (600, 400), (768, 512), (400, 500)]
+
+
+@pytest.mark.parametrize("size", EXACT_SIZES, ids=[f"{w}x{h}" for w, h in EXACT_SIZES])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_bit_identical_to_torchvision_where_resampling_is_exact(size, fmt, no_draft):
+    """Not just within tolerance: decode, modes and normalization reproduce torchvision's float32
+    values bit for bit; only the crop-only resampling's float32 box may move a value."""
+    data = encode(Image.open(PHOTOS["astronaut.png"]).convert("RGB").resize(size), fmt)
     np.testing.assert_array_equal(preprocess.preprocess(data), reference(data))
+
+
+def _resize_then_crop(img: Image.Image, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """torchvision's Resize + CenterCrop, step by step (what resized_crop replaces)."""
+    return TORCHVISION_EVAL.transforms[1](TORCHVISION_EVAL.transforms[0](img))
+
+
+SWEEP = [(w, h) for w in (227, 300, 451, 640, 801, 1023) for h in (w * 3 // 4, w * 4 // 3, w)]
+
+
+def test_resampling_only_the_crop_stays_within_one_lsb_of_resize_then_crop():
+    source = Image.open(PHOTOS["rocket.jpg"]).convert("RGB")
+    differing = total = 0
+    for size in SWEEP:
+        img = source.resize(size, Image.Resampling.LANCZOS)
+        got = np.asarray(preprocess.resized_crop(img), dtype=np.int16)
+        want = np.asarray(_resize_then_crop(img), dtype=np.int16)
+        assert got.shape == want.shape == (224, 224, 3), size
+        assert int(np.abs(got - want).max()) <= 1, size
+        assert float((got != want).mean()) <= MAX_DIFFERING_FRACTION, size
+        differing += int((got != want).sum())
+        total += got.size
+    assert differing / total <= MAX_DIFFERING_FRACTION / 10
+
+
+def test_only_the_kept_pixels_are_resampled(monkeypatch):
+    """The 224x224 crop is computed straight from the source, never the whole 383x256 image."""
+    calls: list[tuple[tuple[int, int], tuple[int, int], tuple[float, ...]]] = []
+    original = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        calls.append((self.size, tuple(size), kwargs.get("box")))
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    preprocess.preprocess(PHOTOS["rocket.jpg"].read_bytes())  # 640x427 -> 383x256, crop 224
+    (h_in, h_out, h_box), (v_in, v_out, v_box) = calls
+    # Horizontal: only the crop's 224 columns, only the rows the vertical pass reads.
+    assert h_out[0] == 224
+    assert h_in[1] == h_out[1] < 427
+    assert h_box[0] == pytest.approx(80 * 640 / 383)
+    assert h_box[2] == pytest.approx(304 * 640 / 383)
+    # Vertical: 224 rows of that strip; the crop's rows 16..240 of the 256, in source rows.
+    assert (v_in, v_out) == (h_out, (224, 224))
+    assert v_box[3] - v_box[1] == pytest.approx(224 * 427 / 256)
 
 
 @pytest.mark.parametrize(
