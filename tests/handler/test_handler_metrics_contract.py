@@ -41,6 +41,8 @@ def predict_function(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if resource["Type"] == "AWS::Lambda::Function"
         and "POWERTOOLS_METRICS_NAMESPACE"
         in resource["Properties"].get("Environment", {}).get("Variables", {})
+        # The batch function emits in the same namespace; this contract is the endpoint's.
+        and resource["Properties"].get("ImageConfig", {}).get("Command") is None
     ]
     return found
 
