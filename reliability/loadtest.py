@@ -10,6 +10,9 @@ plan's throttle off so the function is what is measured) with `--concurrency` an
 starts. Against a deployed stage the same Locust clients run against the stage's URL: the usage
 plan's limits apply there (dev: 5 requests/s, burst 10), so pick rates below them.
 
+After the faults and the soak, the atheris fuzz targets (`python -m fuzz`, what `make fuzz` runs)
+run for --fuzz-seconds each; their executions and findings are the run's fuzz figures.
+
 Profiles: steady (paced clients, below capacity), ramp (closed-loop clients added step by step:
 the knee is where throughput stops growing) and spike (from the provisioned environments' load
 to several times the concurrency limit and back). Every request is bounded in count and time.
@@ -46,6 +49,7 @@ from .stats import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "reliability" / "results"
 DEFAULT_PLOT = REPO_ROOT / "docs" / "img" / "reliability.png"
+FUZZ_OUT = REPO_ROOT / "build" / "fuzz"  # where `make fuzz` keeps its corpus and findings
 PHOTOS = 4  # the first four shipped photographs: two PNG, a JPEG-sized mix
 
 
@@ -316,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "profiles": {},
         "faults": None,
         "soak": None,
-        "fuzz": None,  # filled in by `make fuzz` once it exists
+        "fuzz": None,  # run_fuzz's figures, after the faults and the soak (local only)
     }
     with tempfile.TemporaryDirectory(prefix="loadtest-") as tmp:
         workdir = Path(tmp)
@@ -343,7 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result = profile_result(name, records, platform, settings)
             results["profiles"][name] = result
             print_profile(result)
-    if deployed or not (args.faults or args.soak_requests):
+    if deployed or not (args.faults or args.soak_requests or args.fuzz_seconds):
         return results
     from local_mode.console import stdout_to_file
 
@@ -368,7 +372,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["soak"] = run_soak(
                 args.model_dir, reference, photos, args.soak_requests, log=say
             )
+    if args.fuzz_seconds:
+        print(f"Fuzzing (atheris): up to {args.fuzz_seconds} s per target ...", flush=True)
+        results["fuzz"] = run_fuzz(args.fuzz_seconds, FUZZ_OUT)
     return results
+
+
+def run_fuzz(seconds: int, out: Path) -> dict[str, Any]:
+    """`python -m fuzz` (what `make fuzz` runs) in a subprocess; its summary.json as figures.
+
+    A finding (exit status 1) is a figure, not a failure of the run; a target that could not
+    run (exit status 2, e.g. atheris missing) is recorded with its reason.
+    """
+    command = [sys.executable, "-m", "fuzz", "--seconds", str(seconds), "--out", str(out)]
+    summary_path = out / "summary.json"
+    summary_path.unlink(missing_ok=True)
+    completed = subprocess.run(  # noqa: S603 - our interpreter, our module
+        command, cwd=REPO_ROOT, capture_output=True, text=True, errors="replace", check=False
+    )
+    source = f"python -m fuzz --seconds {seconds}"
+    if not summary_path.is_file():
+        last = (completed.stdout + completed.stderr).strip().splitlines()[-1:] or ["no output"]
+        return {"cases": 0, "findings": 0, "source": source, "targets": [], "error": last[0]}
+    summary = json.loads(summary_path.read_text())
+    return fuzz_figures(summary, source)
+
+
+def fuzz_figures(summary: dict[str, Any], source: str) -> dict[str, Any]:
+    """fuzz/__main__.py's summary.json -> {"cases", "findings", "source", per target}."""
+    targets = [
+        {
+            "target": t["target"],
+            "cases": t["executions"],
+            "findings": 1 if t.get("finding") else 0,
+            "finding": t.get("finding"),
+            "error": t.get("error"),
+            "seconds": round(t["seconds"], 1),
+            "coverage": t.get("coverage"),
+            "costliest_cpu_s": t.get("costliest_cpu_s"),
+            "costliest_memory_mib": t.get("costliest_memory_mib"),
+        }
+        for t in summary["targets"]
+    ]
+    errors = [f"{t['target']}: {t['error']}" for t in targets if t["error"]]
+    return {
+        "cases": sum(t["cases"] for t in targets),
+        "findings": sum(t["findings"] for t in targets),
+        "source": source,
+        "seconds_per_target": summary.get("seconds_per_target"),
+        "targets": targets,
+        "error": "; ".join(errors) or None,
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -419,6 +473,12 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--soak-requests", type=int, default=2000, help="short soak in the run (0 = none)"
     )
+    local.add_argument(
+        "--fuzz-seconds",
+        type=int,
+        default=60,
+        help="run the atheris fuzz targets (make fuzz) this long each (0 = none)",
+    )
     load = p.add_argument_group("load")
     load.add_argument("--steady-rps", type=float, default=Settings.steady_rps)
     load.add_argument("--steady-seconds", type=float, default=Settings.steady_s)
@@ -439,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.concurrency < 1 or not 0 <= args.provisioned <= args.concurrency:
             raise LoadTestError("need --concurrency >= 1 and 0 <= --provisioned <= --concurrency")
+        if args.fuzz_seconds < 0:
+            raise LoadTestError("need --fuzz-seconds >= 0 (0 = no fuzzing)")
         results = run(args)
     except LoadTestError as exc:
         print(f"error: {exc}")

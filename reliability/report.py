@@ -28,6 +28,20 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{v}x {k}" for k, v in counts.items()) or "none"
 
 
+def _fuzz(fuzz: dict[str, Any] | None) -> str:
+    if not fuzz:
+        return "not in this run (`make fuzz`)"
+    if fuzz.get("error") and not fuzz["cases"]:
+        return f"did not run: {fuzz['error']}"
+    per = ", ".join(f"{t['target']} {t['cases']:,}" for t in fuzz.get("targets", []))
+    text = f"{fuzz['cases']:,} (`{fuzz['source']}`" + (f": {per}" if per else "") + ")"
+    n = fuzz["findings"]
+    text += f"; **{n} finding{'' if n == 1 else 's'}**"
+    if fuzz.get("error"):
+        text += f"; did not run: {fuzz['error']}"
+    return text
+
+
 def checked_answers(results: dict[str, Any]) -> tuple[int, int]:
     """(200s checked against the reference, wrong ones) over the whole run."""
     right = wrong = 0
@@ -66,12 +80,7 @@ def markdown(results: dict[str, Any], source: str) -> str:
     faults = results.get("faults") or []
     survived = sum(1 for f in faults if f["recovered"] and f["wrong_answers"] == 0)
     add(f"| faults survived (recovered by itself, no wrong answer) | {survived} of {len(faults)} |")
-    fuzz = results.get("fuzz")
-    add(
-        "| fuzz cases run | "
-        + (f"{fuzz['cases']:,} ({fuzz['source']})" if fuzz else "not in this run (`make fuzz`)")
-        + " |"
-    )
+    add(f"| fuzz cases run, findings | {_fuzz(results.get('fuzz'))} |")
     add("")
     add("### Load profiles")
     add("")

@@ -52,7 +52,28 @@ def test_tables_carry_the_json_values():
     assert "| steady | 10 (7 / 3) | 5.0 | 10.0 | 20.0 | 30.0 | 0 | none | 0 | 3 of 3 |" in text
     assert "| S3 5xx at INIT | 503s | 2x 503 | 1.5 s | 1 | 1 | 7 | 0 of 1 |" in text
     assert "| faults survived (recovered by itself, no wrong answer) | 1 of 1 |" in text
-    assert "| fuzz cases run | not in this run (`make fuzz`) |" in text
+    assert "| fuzz cases run, findings | not in this run (`make fuzz`) |" in text
+
+
+def test_fuzz_row_shows_cases_per_target_and_findings():
+    run = results()
+    run["fuzz"] = {
+        "cases": 1500,
+        "findings": 1,
+        "source": "python -m fuzz --seconds 60",
+        "targets": [
+            {"target": "image", "cases": 1000, "findings": 1},
+            {"target": "event", "cases": 500, "findings": 0},
+        ],
+        "error": None,
+    }
+    text = markdown(run, "run.json")
+    assert (
+        "| fuzz cases run, findings | 1,500 (`python -m fuzz --seconds 60`: image 1,000, "
+        "event 500); **1 finding** |"
+    ) in text
+    run["fuzz"] = {**run["fuzz"], "cases": 0, "findings": 0, "targets": [], "error": "no atheris"}
+    assert "| fuzz cases run, findings | did not run: no atheris |" in markdown(run, "run.json")
 
 
 def test_write_docs_replaces_only_the_generated_part(tmp_path):
