@@ -29,7 +29,7 @@ from constructs import Construct
 from stacks.config import Architecture
 from stacks.model_source import ModelSource
 from stacks.model_store import _pin_logical_id, _secure_bucket, grant_read_models
-from stacks.predict_function import _ARCHITECTURES, METRICS_NAMESPACE, MODEL_CACHE_DIR, image_code
+from stacks.predict_function import _ARCHITECTURES, image_code, model_environment
 
 BATCH_HANDLER = "batch.handler"
 # lambda_src/batch.py raises this for what a retry can fix (S3 5xx/throttling, model not ready).
@@ -232,15 +232,11 @@ class BatchPredictions(Construct):
             role=self.role,
             description=f"ResNet18 batch predictions, model sha256 {model.sha256}",
             environment={
-                "MODEL_BUCKET": model_bucket.bucket_name,
-                "MODEL_KEY": model.key,
-                "MODEL_SHA256": model.sha256,
-                "MODEL_CACHE_DIR": MODEL_CACHE_DIR,
+                **model_environment(
+                    bucket=model_bucket, model=model, service_name=service_name, log_level=log_level
+                ),
                 "BATCH_FETCH_THREADS": str(FETCH_THREADS),
                 "BATCH_SUB_BATCH": str(SUB_BATCH),
-                "POWERTOOLS_SERVICE_NAME": service_name,
-                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-                "POWERTOOLS_LOG_LEVEL": log_level,
             },
         )
         cfn_function = self.function.node.default_child

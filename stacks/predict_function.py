@@ -42,6 +42,22 @@ def image_code(
     )
 
 
+def model_environment(
+    *, bucket: s3.IBucket, model: ModelSource, service_name: str, log_level: str
+) -> dict[str, str]:
+    """What every function of the image needs to load the model (lambda_src/model_store.py
+    ``Config.from_env``) and to log and emit metrics (Powertools)."""
+    return {
+        "MODEL_BUCKET": bucket.bucket_name,
+        "MODEL_KEY": model.key,
+        "MODEL_SHA256": model.sha256,
+        "MODEL_CACHE_DIR": MODEL_CACHE_DIR,
+        "POWERTOOLS_SERVICE_NAME": service_name,
+        "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+        "POWERTOOLS_LOG_LEVEL": log_level,
+    }
+
+
 class PredictFunction(Construct):
     """DockerImageFunction + log group + least-privilege role + alias ``live``.
 
@@ -129,15 +145,9 @@ class PredictFunction(Construct):
             # the previous version is the manual rollback, and it must still exist.
             current_version_options=lambda_.VersionOptions(removal_policy=RemovalPolicy.RETAIN),
             description=f"ResNet18 ONNX classifier, model sha256 {model.sha256}",
-            environment={
-                "MODEL_BUCKET": bucket.bucket_name,
-                "MODEL_KEY": model.key,
-                "MODEL_SHA256": model.sha256,
-                "MODEL_CACHE_DIR": MODEL_CACHE_DIR,
-                "POWERTOOLS_SERVICE_NAME": service_name,
-                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-                "POWERTOOLS_LOG_LEVEL": log_level,
-            },
+            environment=model_environment(
+                bucket=bucket, model=model, service_name=service_name, log_level=log_level
+            ),
         )
         cfn_function = self.function.node.default_child
         assert isinstance(cfn_function, lambda_.CfnFunction)
