@@ -5,16 +5,21 @@ handler module imported (INIT) with a deployment-like environment, and fresh Run
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handler_testkit import AWS_ENV, CountingS3, FakeContext, PublishedModel, ensure_published
+from handler_testkit import (
+    AWS_ENV,
+    CountingS3,
+    FakeContext,
+    PublishedModel,
+    ensure_published,
+    init_deployed,
+)
 from moto.server import ThreadedMotoServer
 
 # ---------------------------------------------------------------- S3 and models
@@ -57,20 +62,9 @@ def handler_module(
     moto_endpoint: str, fp32_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ):
     """The handler module, imported (INIT) with the environment a deployment would give it."""
-    cache = tmp_path_factory.mktemp("import-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        mp.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
-        published = ensure_published(fp32_model_dir)
-        mp.setenv("MODEL_BUCKET", published.bucket)
-        mp.setenv("MODEL_KEY", published.key)
-        mp.setenv("MODEL_SHA256", published.sha256)
-        mp.setenv("MODEL_CACHE_DIR", str(cache))
-        # A fresh INIT even if another area's tests imported the module with their environment.
-        sys.modules.pop("handler", None)
-        module = importlib.import_module("handler")
-    return module
+    return init_deployed(
+        "handler", moto_endpoint, fp32_model_dir, tmp_path_factory.mktemp("import-cache")
+    )
 
 
 @pytest.fixture

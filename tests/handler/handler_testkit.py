@@ -8,12 +8,15 @@ import base64
 import contextlib
 import copy
 import hashlib
+import importlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 BUCKET = "handler-test-models"
@@ -164,3 +167,20 @@ class CountingS3:
         client.meta.events.register("before-call.s3.GetObject", self._count)
         self.clients_created += 1
         return client
+
+
+def init_deployed(module_name: str, moto_endpoint: str, model_dir: Path, cache: Path) -> Any:
+    """Import (INIT) a lambda_src entry module with the environment a deployment gives it: the
+    model published to the S3 server, the cache in ``cache``. Always a fresh INIT, even if
+    another area's tests imported the module with their environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in AWS_ENV.items():
+            mp.setenv(name, value)
+        mp.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+        published = ensure_published(model_dir)
+        mp.setenv("MODEL_BUCKET", published.bucket)
+        mp.setenv("MODEL_KEY", published.key)
+        mp.setenv("MODEL_SHA256", published.sha256)
+        mp.setenv("MODEL_CACHE_DIR", str(cache))
+        sys.modules.pop(module_name, None)
+        return importlib.import_module(module_name)

@@ -9,9 +9,7 @@ real ListObjectsV2 of the server). S3 faults are injected into the boto3 client'
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +20,13 @@ from urllib.parse import unquote, urlsplit
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from handler_testkit import AWS_ENV, FakeContext, body_of, ensure_published, predict_event
+from handler_testkit import (
+    FakeContext,
+    body_of,
+    ensure_published,
+    init_deployed,
+    predict_event,
+)
 
 from model_export.photos import photographs
 
@@ -36,18 +40,9 @@ OUTPUT_BUCKET = "batch-test-output"
 @pytest.fixture(scope="session")
 def batch_module(moto_endpoint: str, fp32_model_dir: Path, tmp_path_factory):
     """lambda_src/batch.py imported (INIT) with the environment the stack gives the function."""
-    cache = tmp_path_factory.mktemp("batch-import-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        mp.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
-        published = ensure_published(fp32_model_dir)
-        mp.setenv("MODEL_BUCKET", published.bucket)
-        mp.setenv("MODEL_KEY", published.key)
-        mp.setenv("MODEL_SHA256", published.sha256)
-        mp.setenv("MODEL_CACHE_DIR", str(cache))
-        sys.modules.pop("batch", None)
-        module = importlib.import_module("batch")
+    module = init_deployed(
+        "batch", moto_endpoint, fp32_model_dir, tmp_path_factory.mktemp("batch-import-cache")
+    )
     assert module.RUNTIME.worker is not None, module.RUNTIME.load_error
     return module
 
