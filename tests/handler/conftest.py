@@ -20,18 +20,15 @@ from handler_testkit import (
     ensure_published,
     init_deployed,
 )
-from moto.server import ThreadedMotoServer
+from moto_server import running_moto_server
 
 # ---------------------------------------------------------------- S3 and models
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with running_moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,6 @@ call the deployed endpoint.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
+from moto_server import running_moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_INPUTS = (
@@ -176,17 +175,8 @@ def write_stub(directory: Path, name: str, source: str) -> None:
 
 @pytest.fixture
 def local_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        inner = getattr(server, "_server", None)
-        if inner is not None:
-            inner.server_close()
+    with running_moto_server() as endpoint:
+        yield endpoint
 
 
 def records(log: Path) -> list[dict[str, Any]]:

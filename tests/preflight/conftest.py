@@ -13,13 +13,12 @@ import os
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
+from moto_server import running_moto_server
 from preflight_helpers import FakeAccount, FakeDocker, write_fake_docker
 
 REGION = "eu-west-1"
@@ -27,17 +26,8 @@ REGION = "eu-west-1"
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        inner = getattr(server, "_server", None)
-        if inner is not None:
-            inner.server_close()
+    with running_moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
